@@ -1,0 +1,1 @@
+# engine model loading and CPU backend (filled in by the model work)

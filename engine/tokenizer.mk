@@ -1,0 +1,1 @@
+# engine tokenizer and chat templates (filled in by the tokenizer work)

@@ -1,0 +1,18 @@
+# gateway/: the llmgate daemon. Everything but main.c goes into a library so
+# unit tests link the same objects.
+noinst_LIBRARIES += libllmgate_gateway.a
+libllmgate_gateway_a_SOURCES = \
+	gateway/config.c gateway/config.h \
+	gateway/openai.c gateway/openai.h \
+	gateway/auth.c gateway/auth.h \
+	gateway/worker.c gateway/worker.h \
+	gateway/server.c gateway/server.h \
+	gateway/request.c gateway/request.h \
+	gateway/accesslog.c gateway/accesslog.h
+libllmgate_gateway_a_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
+GATEWAY_LIBS = libllmgate_gateway.a $(ROUTING_LIBS) $(COMMON_LIBS) $(LIBEVENT_LIBS) $(OPENSSL_LIBS)
+
+bin_PROGRAMS += llmgate
+llmgate_SOURCES = gateway/main.c
+llmgate_CFLAGS = $(libllmgate_gateway_a_CFLAGS)
+llmgate_LDADD = $(GATEWAY_LIBS)

@@ -1,0 +1,1 @@
+# loadtest/: llmgate-mock, load generator, benchmarks

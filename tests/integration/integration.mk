@@ -1,0 +1,1 @@
+# tests/integration/: real processes driven by the openai SDK and curl

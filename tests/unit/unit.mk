@@ -1,0 +1,21 @@
+# tests/unit/: one cmocka program per gateway/common module.
+if HAVE_CMOCKA
+UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
+UNIT_LIBS = $(GATEWAY_LIBS) $(CMOCKA_LIBS)
+
+check_PROGRAMS += tests/unit/test_jsonc tests/unit/test_config tests/unit/test_sse tests/unit/test_openai
+TESTS += tests/unit/test_jsonc tests/unit/test_config tests/unit/test_sse tests/unit/test_openai
+
+tests_unit_test_jsonc_SOURCES = tests/unit/test_jsonc.c
+tests_unit_test_jsonc_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_jsonc_LDADD = $(UNIT_LIBS)
+tests_unit_test_config_SOURCES = tests/unit/test_config.c
+tests_unit_test_config_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_config_LDADD = $(UNIT_LIBS)
+tests_unit_test_sse_SOURCES = tests/unit/test_sse.c
+tests_unit_test_sse_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_sse_LDADD = $(UNIT_LIBS)
+tests_unit_test_openai_SOURCES = tests/unit/test_openai.c
+tests_unit_test_openai_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_openai_LDADD = $(UNIT_LIBS)
+endif
