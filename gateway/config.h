@@ -1,0 +1,84 @@
+/* The daemon configuration: conf/llmgate.conf (JSON with comments) read into an
+ * immutable, refcounted snapshot. One table of options drives parsing, defaults,
+ * bounds, error messages and docs/CONFIG.md. A reload builds a new snapshot; holders of
+ * the old one keep it alive with config_ref()/config_unref(). */
+#ifndef LLMGATE_GATEWAY_CONFIG_H
+#define LLMGATE_GATEWAY_CONFIG_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common/log.h"
+
+/* Upstream API dialects; only OpenAI-compatible for now. */
+enum provider_kind { PROVIDER_OPENAI };
+
+/* One entry of "providers". */
+struct provider_conf {
+    char *name; /* the key in "providers" */
+    enum provider_kind kind;
+    char *base_url;    /* "http(s)://host[:port][/path]", trailing '/' stripped */
+    char *api_key_env; /* environment variable holding the key, or NULL */
+    char *api_key;     /* its value read at load time, or NULL if unset; never log it */
+    unsigned connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, total_timeout_ms;
+    unsigned max_connections; /* concurrent upstream connections */
+};
+
+/* One entry of "models": a public model name mapped to a provider's model. */
+struct model_conf {
+    char *name;                           /* public name clients send */
+    char *provider_name;                  /* key in "providers" */
+    char *model;                          /* upstream model name (defaults to name) */
+    const struct provider_conf *provider; /* resolved; points into config->providers */
+};
+
+struct config {
+    _Atomic int refs;
+    char *path; /* file name the snapshot came from */
+
+    char *listen_address;
+    unsigned port;
+    unsigned backlog;
+    unsigned workers; /* 0 = one per online CPU */
+
+    size_t max_header_bytes;
+    size_t max_body_bytes;
+    unsigned max_connections;
+    unsigned read_timeout_ms;  /* whole request (headers + body) must arrive in this time */
+    unsigned write_timeout_ms; /* client must drain the response */
+    unsigned drain_timeout_ms; /* graceful shutdown bound */
+
+    enum log_level log_level;
+    char *access_log; /* "stderr", "stdout", "off" or a file path */
+
+    uint8_t (*api_keys)[32]; /* raw SHA-256 digests of accepted API keys */
+    size_t n_api_keys;
+
+    char *redis_address;
+    unsigned redis_port;
+
+    struct provider_conf *providers; /* sorted by name */
+    size_t n_providers;
+    struct model_conf *models; /* sorted by name, n_models >= 1 */
+    size_t n_models;
+};
+
+/* Reads and validates the file at path. Returns 0 and a snapshot with one reference in
+ * *out, or -1 with "file:line:col: message" (or "path: cannot read: ...") in err. */
+int config_load(const char *path, struct config **out, char *err, size_t errlen);
+/* Same from len bytes of text; filename is used in messages and as config->path. */
+int config_parse(const char *text, size_t len, const char *filename, struct config **out, char *err,
+                 size_t errlen);
+/* Takes another reference (atomic); returns c. */
+struct config *config_ref(struct config *c);
+/* Drops a reference; frees the snapshot at zero. NULL is fine. */
+void config_unref(struct config *c);
+/* The model with this public name, or NULL. Points into c; valid while c is referenced. */
+const struct model_conf *config_find_model(const struct config *c, const char *name);
+/* Writes the markdown reference of every option (name, type, default, range, doc).
+ * Returns 0, or -1 on a write error. */
+int config_write_reference(FILE *out);
+
+#endif
