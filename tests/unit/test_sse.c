@@ -68,8 +68,8 @@ static const char *const openai_expected[] = {
     "\"content\":\"\"},\"finish_reason\":null}]}",
     "{\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}",
     "{\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\\n\"}}]}",
-    "{\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,"
-    "\"completion_tokens\":2,\"total_tokens\":7}}",
+    ("{\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,"
+     "\"completion_tokens\":2,\"total_tokens\":7}}"),
     "[DONE]",
 };
 
