@@ -1,1 +1,13 @@
-# loadtest/: llmgate-mock, load generator, benchmarks
+# loadtest/: llmgate-mock (fake OpenAI upstream for tests and benchmarks),
+# llmgate-loadgen (open-loop load generator) and the benchmark scripts.
+bin_PROGRAMS += llmgate-mock llmgate-loadgen
+llmgate_mock_SOURCES = loadtest/mock.c loadtest/mock_openai.c loadtest/mock.h
+llmgate_mock_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(CJSON_CFLAGS)
+llmgate_mock_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) $(CJSON_LIBS) -lm
+
+llmgate_loadgen_SOURCES = loadtest/loadgen.c loadtest/histogram.c loadtest/histogram.h
+llmgate_loadgen_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS)
+llmgate_loadgen_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) -lm
+
+dist_noinst_SCRIPTS += loadtest/bench_proxy.sh
+EXTRA_DIST += loadtest/README.md loadtest/results
