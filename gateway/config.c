@@ -85,74 +85,50 @@ static int parse_models(struct parse_ctx *ctx, const cJSON *item, const char *na
 #define P(f) offsetof(struct provider_conf, f)
 #define M(f) offsetof(struct model_conf, f)
 
+/* Row constructors, so that each option reads as one line of the table:
+ * name, field, default, min, max, [validator,] doc. Strings bound their length. */
+#define ROW_UINT(n, off, def, lo, hi, d)                                                           \
+    {                                                                                              \
+        .name = n, .type = OPT_UINT, .offset = off, .def_num = def, .min = lo, .max = hi, .doc = d \
+    }
+#define ROW_MS(n, off, def, lo, hi, d)                                                             \
+    {                                                                                              \
+        .name = n, .type = OPT_MS, .offset = off, .def_num = def, .min = lo, .max = hi, .doc = d   \
+    }
+#define ROW_SIZE(n, off, def, lo, hi, d)                                                           \
+    {                                                                                              \
+        .name = n, .type = OPT_SIZE, .offset = off, .def_num = def, .min = lo, .max = hi, .doc = d \
+    }
+#define ROW_STRING(n, off, def, lo, hi, fn, fl, d)                                                 \
+    {                                                                                              \
+        .name = n, .type = OPT_STRING, .offset = off, .def_str = def, .min = lo, .max = hi,        \
+        .validate = fn, .flags = fl, .doc = d                                                      \
+    }
+#define ROW_ENUM(n, off, def, names, d)                                                            \
+    {                                                                                              \
+        .name = n, .type = OPT_ENUM, .offset = off, .def_num = def, .enum_names = names, .doc = d  \
+    }
+
 static const struct option provider_options[] = {
-    {.name = "kind",
-     .type = OPT_ENUM,
-     .offset = P(kind),
-     .def_num = PROVIDER_OPENAI,
-     .enum_names = provider_kind_names,
-     .doc = "API dialect of the upstream"},
-    {.name = "base_url",
-     .type = OPT_STRING,
-     .offset = P(base_url),
-     .min = 8,
-     .max = 2048,
-     .validate = validate_base_url,
-     .flags = OPT_REQUIRED,
-     .doc = "http:// or https:// URL the API paths are appended to (trailing '/' removed)"},
-    {.name = "api_key_env",
-     .type = OPT_STRING,
-     .offset = P(api_key_env),
-     .min = 1,
-     .max = 128,
-     .validate = validate_env_name,
-     .doc = "environment variable holding the upstream API key (read at load; keys never go in "
-            "files)"},
-    {.name = "connect_timeout_ms",
-     .type = OPT_MS,
-     .offset = P(connect_timeout_ms),
-     .def_num = 2000,
-     .min = 1,
-     .max = 600000,
-     .doc = "TCP/TLS connect timeout"},
-    {.name = "first_byte_timeout_ms",
-     .type = OPT_MS,
-     .offset = P(first_byte_timeout_ms),
-     .def_num = 60000,
-     .min = 1,
-     .max = 3600000,
-     .doc = "time from sending the request to the first response byte"},
-    {.name = "idle_timeout_ms",
-     .type = OPT_MS,
-     .offset = P(idle_timeout_ms),
-     .def_num = 30000,
-     .min = 1,
-     .max = 3600000,
-     .doc = "longest silence while a response streams"},
-    {.name = "total_timeout_ms",
-     .type = OPT_MS,
-     .offset = P(total_timeout_ms),
-     .def_num = 600000,
-     .min = 1,
-     .max = 86400000,
-     .doc = "bound on one whole upstream exchange"},
-    {.name = "max_connections",
-     .type = OPT_UINT,
-     .offset = P(max_connections),
-     .def_num = 256,
-     .min = 1,
-     .max = 100000,
-     .doc = "concurrent connections to this provider per process"},
+    ROW_ENUM("kind", P(kind), PROVIDER_OPENAI, provider_kind_names, "API dialect of the upstream"),
+    ROW_STRING("base_url", P(base_url), NULL, 1, 2048, validate_base_url, OPT_REQUIRED,
+               "http:// or https:// URL the API paths are appended to (trailing '/' removed)"),
+    ROW_STRING("api_key_env", P(api_key_env), NULL, 1, 128, validate_env_name, 0,
+               "environment variable holding the upstream API key, read at load time"),
+    ROW_MS("connect_timeout_ms", P(connect_timeout_ms), 2000, 1, 600000, "TCP/TLS connect timeout"),
+    ROW_MS("first_byte_timeout_ms", P(first_byte_timeout_ms), 60000, 1, 3600000,
+           "time from sending the request to the first response byte"),
+    ROW_MS("idle_timeout_ms", P(idle_timeout_ms), 30000, 1, 3600000,
+           "longest silence while a response streams"),
+    ROW_MS("total_timeout_ms", P(total_timeout_ms), 600000, 1, 86400000,
+           "bound on one whole upstream exchange"),
+    ROW_UINT("max_connections", P(max_connections), 256, 1, 100000,
+             "concurrent connections to this provider per process"),
 };
 
 static const struct option model_options[] = {
-    {.name = "provider",
-     .type = OPT_STRING,
-     .offset = M(provider_name),
-     .min = 1,
-     .max = PROVIDER_NAME_MAX,
-     .flags = OPT_REQUIRED,
-     .doc = "name of an entry in `providers` serving this model"},
+    ROW_STRING("provider", M(provider_name), NULL, 1, PROVIDER_NAME_MAX, NULL, OPT_REQUIRED,
+               "name of an entry in `providers` serving this model"),
     {.name = "model",
      .type = OPT_STRING,
      .offset = M(model),
@@ -163,91 +139,26 @@ static const struct option model_options[] = {
 };
 
 static const struct option config_options[] = {
-    {.name = "listen.address",
-     .type = OPT_STRING,
-     .offset = C(listen_address),
-     .def_str = "127.0.0.1",
-     .min = 1,
-     .max = 255,
-     .validate = validate_address,
-     .doc = "address the HTTP listener binds"},
-    {.name = "listen.port",
-     .type = OPT_UINT,
-     .offset = C(port),
-     .def_num = 8080,
-     .min = 1,
-     .max = 65535,
-     .doc = "TCP port of the HTTP listener"},
-    {.name = "listen.backlog",
-     .type = OPT_UINT,
-     .offset = C(backlog),
-     .def_num = 1024,
-     .min = 1,
-     .max = 65535,
-     .doc = "listen(2) backlog"},
-    {.name = "workers",
-     .type = OPT_UINT,
-     .offset = C(workers),
-     .def_num = 0,
-     .min = 0,
-     .max = 1024,
-     .doc = "worker threads; 0 = one per online CPU"},
-    {.name = "limits.max_header_bytes",
-     .type = OPT_SIZE,
-     .offset = C(max_header_bytes),
-     .def_num = 16384,
-     .min = 1024,
-     .max = 1048576,
-     .doc = "largest request line + headers"},
-    {.name = "limits.max_body_bytes",
-     .type = OPT_SIZE,
-     .offset = C(max_body_bytes),
-     .def_num = 4194304,
-     .min = 1024,
-     .max = 1073741824,
-     .doc = "largest request body; larger requests get 413"},
-    {.name = "limits.max_connections",
-     .type = OPT_UINT,
-     .offset = C(max_connections),
-     .def_num = 10000,
-     .min = 1,
-     .max = 1000000,
-     .doc = "open client connections per process"},
-    {.name = "limits.read_timeout_ms",
-     .type = OPT_MS,
-     .offset = C(read_timeout_ms),
-     .def_num = 30000,
-     .min = 100,
-     .max = 3600000,
-     .doc = "the whole request (headers + body) must arrive within this time (slowloris)"},
-    {.name = "limits.write_timeout_ms",
-     .type = OPT_MS,
-     .offset = C(write_timeout_ms),
-     .def_num = 60000,
-     .min = 100,
-     .max = 3600000,
-     .doc = "a client must keep draining the response within this time"},
-    {.name = "limits.drain_timeout_ms",
-     .type = OPT_MS,
-     .offset = C(drain_timeout_ms),
-     .def_num = 30000,
-     .min = 0,
-     .max = 600000,
-     .doc = "graceful shutdown waits at most this long for in-flight requests"},
-    {.name = "log.level",
-     .type = OPT_ENUM,
-     .offset = C(log_level),
-     .def_num = LOG_INFO,
-     .enum_names = log_level_names,
-     .doc = "minimum level of log lines"},
-    {.name = "log.access_log",
-     .type = OPT_STRING,
-     .offset = C(access_log),
-     .def_str = "stderr",
-     .min = 1,
-     .max = 4096,
-     .validate = validate_access_log,
-     .doc = "`stderr`, `stdout`, `off`, or a file path to append access lines to"},
+    ROW_STRING("listen.address", C(listen_address), "127.0.0.1", 1, 255, validate_address, 0,
+               "address the HTTP listener binds"),
+    ROW_UINT("listen.port", C(port), 8080, 1, 65535, "TCP port of the HTTP listener"),
+    ROW_UINT("listen.backlog", C(backlog), 1024, 1, 65535, "listen(2) backlog"),
+    ROW_UINT("workers", C(workers), 0, 0, 1024, "worker threads; 0 = one per online CPU"),
+    ROW_SIZE("limits.max_header_bytes", C(max_header_bytes), 16384, 1024, 1048576,
+             "largest request line + headers"),
+    ROW_SIZE("limits.max_body_bytes", C(max_body_bytes), 4194304, 1024, 1073741824,
+             "largest request body; larger requests get 413"),
+    ROW_UINT("limits.max_connections", C(max_connections), 10000, 1, 1000000,
+             "open client connections per process"),
+    ROW_MS("limits.read_timeout_ms", C(read_timeout_ms), 30000, 100, 3600000,
+           "the whole request (headers + body) must arrive within this time (slowloris)"),
+    ROW_MS("limits.write_timeout_ms", C(write_timeout_ms), 60000, 100, 3600000,
+           "a client must keep draining the response within this time"),
+    ROW_MS("limits.drain_timeout_ms", C(drain_timeout_ms), 30000, 0, 600000,
+           "graceful shutdown waits at most this long for in-flight requests"),
+    ROW_ENUM("log.level", C(log_level), LOG_INFO, log_level_names, "minimum level of log lines"),
+    ROW_STRING("log.access_log", C(access_log), "stderr", 1, 4096, validate_access_log, 0,
+               "`stderr`, `stdout`, `off`, or a file path to append access lines to"),
     {.name = "auth.api_keys_sha256",
      .type = OPT_CUSTOM,
      .parse = parse_api_keys,
@@ -255,21 +166,9 @@ static const struct option config_options[] = {
      .def_doc = "`[]`",
      .range_doc = "each 64 lowercase hex chars; at most 65536",
      .doc = "SHA-256 (hex) of each accepted client API key; may be empty"},
-    {.name = "redis.address",
-     .type = OPT_STRING,
-     .offset = C(redis_address),
-     .def_str = "127.0.0.1",
-     .min = 1,
-     .max = 255,
-     .validate = validate_address,
-     .doc = "Redis host name or address"},
-    {.name = "redis.port",
-     .type = OPT_UINT,
-     .offset = C(redis_port),
-     .def_num = 6379,
-     .min = 1,
-     .max = 65535,
-     .doc = "Redis TCP port"},
+    ROW_STRING("redis.address", C(redis_address), "127.0.0.1", 1, 255, validate_address, 0,
+               "Redis host name or address"),
+    ROW_UINT("redis.port", C(redis_port), 6379, 1, 65535, "Redis TCP port"),
     {.name = "providers",
      .type = OPT_CUSTOM,
      .parse = parse_providers,
@@ -339,13 +238,13 @@ static int oom(struct parse_ctx *ctx)
     return -1;
 }
 
-/* "a.b" from prefix "a" and name "b"; "b" when prefix is empty. */
+/* "a.b" from prefix "a" and name "b"; just the non-empty one when the other is empty. */
 static void join_path(char *out, size_t n, const char *prefix, const char *name)
 {
-    if (prefix && prefix[0])
+    if (prefix && prefix[0] && name[0])
         snprintf(out, n, "%s.%s", prefix, name);
     else
-        snprintf(out, n, "%s", name);
+        snprintf(out, n, "%s", prefix && prefix[0] ? prefix : name);
 }
 
 static bool has_control_or_space(const char *s)
@@ -470,6 +369,7 @@ static int apply_string(struct parse_ctx *ctx, const struct option *o, const cJS
     if (!cJSON_IsString(item))
         return errorf(ctx, item, "'%s' must be a string, got %s", name, json_type_name(item));
     size_t len = strlen(item->valuestring);
+    if (len == 0 && o->min > 0) return errorf(ctx, item, "'%s' must not be empty", name);
     if (len < o->min)
         return errorf(ctx, item, "'%s' must be at least %llu bytes long", name,
                       (unsigned long long)o->min);
@@ -909,9 +809,11 @@ static int write_rows(FILE *out, const struct option *tab, size_t n, const char 
         if (o->def_doc)
             snprintf(def, sizeof def, "%s", o->def_doc);
         else if (o->flags & OPT_REQUIRED)
-            snprintf(def, sizeof def, "required");
+            snprintf(def, sizeof def, "*required*");
+        else if (o->type == OPT_STRING && o->def_str)
+            snprintf(def, sizeof def, "`\"%s\"`", o->def_str);
         else if (o->type == OPT_STRING)
-            snprintf(def, sizeof def, o->def_str ? "`\"%s\"`" : "unset", o->def_str);
+            snprintf(def, sizeof def, "unset");
         else if (o->type == OPT_ENUM)
             snprintf(def, sizeof def, "`\"%s\"`", o->enum_names[o->def_num]);
         else if (o->type == OPT_BOOL)
@@ -958,8 +860,8 @@ int config_write_reference(FILE *out)
           "<!-- Generated by config_write_reference() from the option table in\n"
           "     gateway/config.c; edit the table, not this file. -->\n"
           "\n"
-          "`conf/llmgate.conf` is JSON with `//` and `/* */` comments. Every option is\n"
-          "optional unless marked *required*. Unknown options, duplicate keys, wrong types\n"
+          "`conf/llmgate.conf` is JSON with `//` and `/* */` comments. Options whose\n"
+          "default reads *required* must be given. Unknown options, duplicate keys, wrong types\n"
           "and out-of-range values are errors reported as `file:line:col: message`\n"
           "(columns count bytes). Sizes are bytes, times are milliseconds; all are integers.\n"
           "`<name>` stands for each key of a map section. Provider API keys are never read\n"
