@@ -234,7 +234,8 @@ static int scan_number(struct scanner *sc)
     /* cJSON copies at most 63 bytes from [0-9+-eE.] and lets strtod decide the length. */
     char buf[64];
     size_t n = 0;
-    while (n < sizeof buf - 1 && sc->p + n < sc->len && strchr("0123456789+-eE.", sc->s[sc->p + n]))
+    while (n < sizeof buf - 1 && sc->p + n < sc->len && sc->s[sc->p + n] != '\0' &&
+           strchr("0123456789+-eE.", sc->s[sc->p + n]))
         n++;
     memcpy(buf, sc->s + sc->p, n);
     buf[n] = '\0';

@@ -430,11 +430,13 @@ static int parse_object(struct parse_ctx *ctx, const struct option *tab, size_t 
         char path[MAX_PATH_NAME], full[MAX_PATH_NAME * 2];
         join_path(path, sizeof path, prefix, m->string);
         join_path(full, sizeof full, where, path);
-        const struct option *o = find_option(tab, n, path);
+        /* Keys are single path components: "a.b" or "" must not reach into the table. */
+        bool plain = m->string[0] && !strchr(m->string, '.');
+        const struct option *o = plain ? find_option(tab, n, path) : NULL;
         if (o) {
             seen[o - tab] = true;
             if (apply_option(ctx, o, m, full, base) < 0) return -1;
-        } else if (is_section(tab, n, path)) {
+        } else if (plain && is_section(tab, n, path)) {
             if (!cJSON_IsObject(m))
                 return errorf(ctx, m, "'%s' must be an object, got %s", full, json_type_name(m));
             if (parse_object(ctx, tab, n, m, path, where, base, seen) < 0) return -1;

@@ -152,6 +152,11 @@ static void test_unknown_keys(void **state)
                  "t.conf:1:46: unknown option 'kindd' in 'providers.p'");
     expect_error("{" MIN_PROVIDERS ", \"models\": {\"m\": {\"provider\": \"p\", \"upstream\": 1}}}",
                  "t.conf:1:86: unknown option 'upstream' in 'models.m'");
+    /* Keys are single components: no dotted shortcuts, no empty keys. */
+    expect_error("{\"limits.max_body_bytes\": 2048}",
+                 "t.conf:1:2: unknown option 'limits.max_body_bytes'");
+    expect_error("{\"limits\": {\"\": {\"max_body_bytes\": 2048}}}",
+                 "t.conf:1:13: unknown option '' in 'limits'");
 }
 
 static void test_wrong_types(void **state)
