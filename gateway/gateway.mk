@@ -8,7 +8,8 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/worker.c gateway/worker.h \
 	gateway/server.c gateway/server.h \
 	gateway/request.c gateway/request.h \
-	gateway/accesslog.c gateway/accesslog.h
+	gateway/accesslog.c gateway/accesslog.h \
+	gateway/health.c gateway/health.h
 libllmgate_gateway_a_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
 GATEWAY_LIBS = libllmgate_gateway.a $(ROUTING_LIBS) $(COMMON_LIBS) $(LIBEVENT_LIBS) $(OPENSSL_LIBS)
 

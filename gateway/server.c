@@ -1,0 +1,409 @@
+/* The HTTP front of a worker: evhttp configured with safe limits, the endpoint
+ * table, the receive -> authenticate -> parse stages, and error replies. */
+#include "gateway/server.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "gateway/accesslog.h"
+#include "gateway/auth.h"
+#include "gateway/health.h"
+#include "gateway/request.h"
+
+/* ---------------------------------------------------------------- replies */
+
+void server_common_headers(struct evhttp_request *req, const char *request_id, bool close_conn)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "application/json");
+    if (request_id) evhttp_add_header(h, "x-request-id", request_id);
+    if (close_conn) evhttp_add_header(h, "Connection", "close");
+}
+
+static void reply_json(struct evhttp_request *req, int status, const char *reason, const char *json,
+                       size_t len, const char *request_id, bool close_conn)
+{
+    server_common_headers(req, request_id, close_conn);
+    struct evbuffer *b = evbuffer_new();
+    if (b) evbuffer_add(b, json, len);
+    evhttp_send_reply(req, status, reason, b);
+    if (b) evbuffer_free(b);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Error";
+    }
+}
+
+void server_reply_error(struct evhttp_request *req, const struct oai_error *e,
+                        const char *request_id, bool close_conn)
+{
+    char json[1024];
+    int n = oai_error_render(e, json, sizeof json);
+    if (n < 0)
+        n = snprintf(json, sizeof json,
+                     "{\"error\":{\"message\":\"error\",\"type\":\"server_error\",\"param\":null,"
+                     "\"code\":null}}");
+    reply_json(req, e->status, reason_phrase(e->status), json, (size_t)n, request_id, close_conn);
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static void on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    struct conn *c = arg;
+    struct worker *w = c->w;
+    if (c->active) {
+        struct request *r = c->active;
+        conn_unwatch(c);
+        /* A request evhttp detached (the client failed mid-request) is ours to
+         * complete; one still attached is freed by evhttp with its connection. */
+        request_client_gone(r, evhttp_request_get_connection(*(struct evhttp_request **)r)
+                                   ? GONE_EVHTTP_FREES
+                                   : GONE_DETACHED);
+    }
+    (void)evcon;
+    if (c->fd >= 0 && (size_t)c->fd < w->conns_cap && w->conns[c->fd] == c) w->conns[c->fd] = NULL;
+    if (c->peer_closed) event_free(c->peer_closed);
+    w->n_conns--;
+    free(c);
+}
+
+static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct conn *c = arg;
+    if (c->active) request_client_gone(c->active, GONE_PEER_CLOSED);
+}
+
+void conn_watch(struct conn *c, struct request *r)
+{
+    c->active = r;
+    if (c->peer_closed) event_add(c->peer_closed, NULL);
+}
+
+void conn_unwatch(struct conn *c)
+{
+    if (c->peer_closed) event_del(c->peer_closed);
+}
+
+/* The connection's state, created at its first request. Returns NULL (and the
+ * caller answers 503) when the worker is at its connection limit. */
+static struct conn *conn_get(struct worker *w, struct evhttp_request *req, bool *over_limit)
+{
+    *over_limit = false;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (!evcon) return NULL;
+    evutil_socket_t fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
+    if (fd < 0 || (size_t)fd >= w->conns_cap) return NULL;
+    struct conn *c = w->conns[fd];
+    if (c && c->evcon == evcon) return c;
+    if (w->n_conns >= w->cfg->max_connections / (w->gw->n_workers ? w->gw->n_workers : 1) + 1) {
+        *over_limit = true;
+        return NULL;
+    }
+    c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->w = w;
+    c->evcon = evcon;
+    c->fd = fd;
+    if (event_base_get_features(w->base) & EV_FEATURE_EARLY_CLOSE)
+        c->peer_closed = event_new(w->base, fd, EV_CLOSED, on_peer_closed, c);
+    w->conns[fd] = c;
+    w->n_conns++;
+    evhttp_connection_set_closecb(evcon, on_conn_close, c);
+    return c;
+}
+
+/* ---------------------------------------------------------------- endpoints */
+
+static void send_error(struct evhttp_request *req, const char *rid, bool close_conn, int status,
+                       const char *type, const char *code, const char *param, const char *msg)
+{
+    struct oai_error e;
+    oai_error_set(&e, status, type, code, param, "%s", msg);
+    server_reply_error(req, &e, rid, close_conn);
+}
+
+static void handle_healthz(struct worker *w, struct evhttp_request *req, const char *rid)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+    reply_json(req, 200, "OK", body, sizeof body - 1, rid, w->draining);
+}
+
+static void handle_readyz(struct worker *w, struct evhttp_request *req, const char *rid)
+{
+    char buf[4096];
+    size_t pos = 0;
+    bool ready = !w->draining;
+    pos += (size_t)snprintf(buf + pos, sizeof buf - pos,
+                            "{\"config\":\"loaded\",\"draining\":%s,\"providers\":{",
+                            w->draining ? "true" : "false");
+    for (size_t i = 0; i < w->cfg->n_providers && pos < sizeof buf - 128; i++) {
+        enum health_state st = health_get(w->cfg->providers[i].name);
+        const char *s = st == HEALTH_UP     ? "reachable"
+                        : st == HEALTH_DOWN ? "unreachable"
+                                            : "unknown";
+        if (st != HEALTH_UP) ready = false;
+        pos += (size_t)snprintf(buf + pos, sizeof buf - pos, "%s\"%.64s\":\"%s\"", i ? "," : "",
+                                w->cfg->providers[i].name, s);
+    }
+    pos += (size_t)snprintf(buf + pos, sizeof buf - pos, "},\"status\":\"%s\"}",
+                            ready ? "ready" : "not_ready");
+    reply_json(req, ready ? 200 : 503, ready ? "OK" : "Service Unavailable", buf, pos, rid,
+               w->draining);
+}
+
+static void handle_models(struct worker *w, struct evhttp_request *req, const char *rid)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b)
+        return send_error(req, rid, true, 503, "server_error", "overloaded", NULL,
+                          "Out of memory.");
+    evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < w->cfg->n_models; i++) {
+        const struct model_conf *m = &w->cfg->models[i];
+        /* Model and provider names come from the validated config (no quotes allowed there). */
+        evbuffer_add_printf(
+            b, "%s{\"id\":\"%s\",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
+            i ? "," : "", m->name, m->provider_name);
+    }
+    evbuffer_add_printf(b, "]}");
+    server_common_headers(req, rid, w->draining);
+    evhttp_send_reply(req, 200, "OK", b);
+    evbuffer_free(b);
+}
+
+enum route_kind { EP_HEALTHZ, EP_READYZ, EP_MODELS, EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS };
+
+static const struct endpoint {
+    const char *path;
+    enum evhttp_cmd_type method;
+    enum route_kind kind;
+    bool needs_auth;
+} endpoints[] = {
+    {"/healthz", EVHTTP_REQ_GET, EP_HEALTHZ, false},
+    {"/readyz", EVHTTP_REQ_GET, EP_READYZ, false},
+    {"/v1/models", EVHTTP_REQ_GET, EP_MODELS, true},
+    {"/v1/chat/completions", EVHTTP_REQ_POST, EP_CHAT, true},
+    {"/v1/completions", EVHTTP_REQ_POST, EP_COMPLETIONS, true},
+    {"/v1/embeddings", EVHTTP_REQ_POST, EP_EMBEDDINGS, true},
+};
+
+static const char *method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    default: return "OTHER";
+    }
+}
+
+/* receive: a usable x-request-id is kept (so callers can correlate), anything
+ * else is replaced with a fresh one. */
+static void request_id_of(struct evhttp_request *req, char out[72])
+{
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "x-request-id");
+    if (h) {
+        size_t n = strlen(h);
+        bool ok = n > 0 && n <= 64;
+        for (size_t i = 0; ok && i < n; i++) {
+            char ch = h[i];
+            ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                 ch == '-' || ch == '_' || ch == '.' || ch == ':';
+        }
+        if (ok) {
+            memcpy(out, h, n + 1);
+            return;
+        }
+    }
+    util_request_id(out);
+}
+
+static void log_simple(const char *rid, const char *method, const char *path, int status,
+                       uint64_t t0, size_t in, const char *error)
+{
+    struct accesslog_entry e = {.ts_ms = util_wall_ms(),
+                                .request_id = rid,
+                                .method = method,
+                                .path = path,
+                                .status = status,
+                                .bytes_in = in,
+                                .total_ms = (double)(util_now_us() - t0) / 1000.0,
+                                .error = error};
+    accesslog_write(&e);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t t0 = util_now_us();
+    char rid[72];
+    request_id_of(req, rid);
+    const char *uri = evhttp_request_get_uri(req);
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    const char *mname = method_name(method);
+    char path[256];
+    size_t plen = strcspn(uri ? uri : "", "?#");
+    if (plen >= sizeof path) plen = sizeof path - 1;
+    memcpy(path, uri ? uri : "", plen);
+    path[plen] = '\0';
+    while (plen > 1 && path[plen - 1] == '/')
+        path[--plen] = '\0';
+    bool close_conn = w->draining;
+
+    bool over;
+    struct conn *c = conn_get(w, req, &over);
+    if (over) {
+        send_error(req, rid, true, 503, "server_error", "too_many_connections", NULL,
+                   "The gateway has too many open connections; retry shortly.");
+        return log_simple(rid, mname, path, 503, t0, 0, "too_many_connections");
+    }
+
+    const struct endpoint *ep = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < ARRAY_LEN(endpoints); i++) {
+        if (strcmp(endpoints[i].path, path) != 0) continue;
+        path_known = true;
+        if (endpoints[i].method == method ||
+            (method == EVHTTP_REQ_HEAD && endpoints[i].method == EVHTTP_REQ_GET))
+            ep = &endpoints[i];
+    }
+    if (!ep) {
+        char msg[384];
+        if (path_known) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow",
+                              strncmp(path, "/v1/models", 10) == 0 || path[1] != 'v' ? "GET"
+                                                                                     : "POST");
+            snprintf(msg, sizeof msg, "Method %s is not allowed for %.200s.", mname, path);
+            send_error(req, rid, close_conn, 405, "invalid_request_error", "method_not_allowed",
+                       NULL, msg);
+            return log_simple(rid, mname, path, 405, t0, 0, "method_not_allowed");
+        }
+        snprintf(msg, sizeof msg, "Unknown request URL: %s %.200s.", mname, path);
+        send_error(req, rid, close_conn, 404, "invalid_request_error", "unknown_url", NULL, msg);
+        return log_simple(rid, mname, path, 404, t0, 0, "unknown_url");
+    }
+
+    if (ep->kind == EP_HEALTHZ) return handle_healthz(w, req, rid);
+    if (ep->kind == EP_READYZ) return handle_readyz(w, req, rid);
+
+    /* authenticate */
+    if (ep->needs_auth) {
+        size_t klen = 0;
+        const char *key = auth_bearer_key(
+            evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"), &klen);
+        if (!key || !auth_key_valid(w->cfg, key, klen)) {
+            send_error(req, rid, close_conn, 401, "invalid_request_error", "invalid_api_key", NULL,
+                       key ? "Incorrect API key provided."
+                           : "You didn't provide an API key. Provide it in the Authorization "
+                             "header as 'Bearer YOUR_KEY'.");
+            return log_simple(rid, mname, path, 401, t0, 0, "invalid_api_key");
+        }
+    }
+    if (ep->kind == EP_MODELS) {
+        handle_models(w, req, rid);
+        return log_simple(rid, mname, path, 200, t0, 0, NULL);
+    }
+
+    /* parse */
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    enum oai_endpoint oep = ep->kind == EP_CHAT          ? OAI_CHAT
+                            : ep->kind == EP_COMPLETIONS ? OAI_COMPLETIONS
+                                                         : OAI_EMBEDDINGS;
+    struct oai_request oai;
+    struct oai_error err;
+    if (oai_request_parse(oep, body, len, &oai, &err) != 0) {
+        server_reply_error(req, &err, rid, close_conn);
+        return log_simple(rid, mname, path, err.status, t0, len, "invalid_request");
+    }
+    if (!c) {
+        oai_request_free(&oai);
+        send_error(req, rid, true, 503, "server_error", "overloaded", NULL,
+                   "The gateway is out of memory.");
+        return log_simple(rid, mname, path, 503, t0, len, "overloaded");
+    }
+    request_proxy(w, c, req, rid, ep->path, &oai, t0, len);
+}
+
+/* ---------------------------------------------------------------- setup */
+
+void server_apply_limits(struct worker *w)
+{
+    const struct config *cfg = w->cfg;
+    evhttp_set_max_headers_size(w->http, (ev_ssize_t)cfg->max_header_bytes);
+    evhttp_set_max_body_size(w->http, (ev_ssize_t)cfg->max_body_bytes);
+    struct timeval tv = {.tv_sec = cfg->read_timeout_ms / 1000,
+                         .tv_usec = (cfg->read_timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(w->http, &tv);
+}
+
+int server_init(struct worker *w, char *err, size_t errlen)
+{
+    struct rlimit rl;
+    size_t cap = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (1u << 20))
+        cap = (size_t)rl.rlim_cur;
+    w->conns = calloc(cap, sizeof *w->conns);
+    w->http = evhttp_new(w->base);
+    if (!w->conns || !w->http) {
+        snprintf(err, errlen, "out of memory creating the HTTP server");
+        return -1;
+    }
+    w->conns_cap = cap;
+    /* libevent's defaults are unsafe (PITFALLS): set every limit explicitly. */
+    evhttp_set_default_content_type(w->http, "application/json");
+    evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    /* Read the rest of an oversized body so the client sees the 413, not a reset. */
+    evhttp_set_flags(w->http, EVHTTP_SERVER_LINGERING_CLOSE);
+    server_apply_limits(w);
+    evhttp_set_gencb(w->http, on_request, w);
+    w->bound = evhttp_accept_socket_with_handle(w->http, w->listen_fd);
+    if (!w->bound) {
+        snprintf(err, errlen, "cannot accept on the listening socket");
+        return -1;
+    }
+    return 0;
+}
+
+void server_free(struct worker *w)
+{
+    /* evhttp_free closes every connection; their close callbacks free our state. */
+    if (w->http) evhttp_free(w->http);
+    w->http = NULL;
+    free(w->conns);
+    w->conns = NULL;
+}

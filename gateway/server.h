@@ -1,0 +1,42 @@
+/* The HTTP front: evhttp setup and limits, endpoint dispatch, simple endpoints
+ * (/healthz, /readyz, /v1/models), authentication, and OpenAI-shaped errors. */
+#ifndef LLMGATE_GATEWAY_SERVER_H
+#define LLMGATE_GATEWAY_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gateway/openai.h"
+#include "gateway/worker.h"
+
+struct evhttp_request;
+struct evhttp_connection;
+struct request;
+
+/* Per client connection, created at its first request. */
+struct conn {
+    struct worker *w;
+    struct evhttp_connection *evcon;
+    evutil_socket_t fd;
+    struct event *peer_closed; /* EV_CLOSED watch while a request waits (PITFALLS) */
+    struct request *active;    /* the request in progress, if any */
+};
+
+/* Creates the worker's evhttp on its listening socket; 0 or -1 with err. */
+int server_init(struct worker *w, char *err, size_t errlen);
+/* Applies the limits of w->cfg to w->http (after a reload). */
+void server_apply_limits(struct worker *w);
+/* Frees connections still tracked at shutdown. */
+void server_free(struct worker *w);
+
+/* Sends e as an OpenAI-shaped error reply with x-request-id; completes req. */
+void server_reply_error(struct evhttp_request *req, const struct oai_error *e,
+                        const char *request_id, bool close_conn);
+/* Adds the headers every response carries. */
+void server_common_headers(struct evhttp_request *req, const char *request_id, bool close_conn);
+
+/* Starts/stops watching the connection for a peer close while a request is active. */
+void conn_watch(struct conn *c, struct request *r);
+void conn_unwatch(struct conn *c);
+
+#endif

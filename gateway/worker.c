@@ -1,0 +1,178 @@
+/* Worker thread lifecycle: start, snapshot handover, graceful drain, join. */
+#include "gateway/worker.h"
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/thread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "gateway/health.h"
+#include "gateway/server.h"
+#include "routing/upstream.h"
+
+#define DRAIN_FLUSH_MS 200 /* time for the last replies to leave once idle */
+
+static long max_host_conns(const struct config *cfg)
+{
+    long m = 1;
+    for (size_t i = 0; i < cfg->n_providers; i++)
+        if ((long)cfg->providers[i].max_connections > m)
+            m = (long)cfg->providers[i].max_connections;
+    return m;
+}
+
+static void exit_soon(struct worker *w)
+{
+    struct timeval tv = {.tv_sec = 0, .tv_usec = DRAIN_FLUSH_MS * 1000};
+    event_base_loopexit(w->base, &tv);
+}
+
+static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    log_warn("worker", "worker %u: drain timeout with %u request(s) in flight", w->index,
+             w->active);
+    event_base_loopexit(w->base, NULL);
+}
+
+static void begin_drain(struct worker *w)
+{
+    if (w->draining) return;
+    w->draining = true;
+    if (w->bound) {
+        evhttp_del_accept_socket(w->http, w->bound); /* stop accepting; closes the listener */
+        w->bound = NULL;
+    }
+    health_stop(w);
+    if (w->active == 0) {
+        exit_soon(w);
+        return;
+    }
+    log_info("worker", "worker %u: draining %u request(s)", w->index, w->active);
+    w->drain_timer = evtimer_new(w->base, on_drain_deadline, w);
+    if (w->drain_timer) {
+        struct timeval tv = {.tv_sec = w->cfg->drain_timeout_ms / 1000,
+                             .tv_usec = (w->cfg->drain_timeout_ms % 1000) * 1000};
+        evtimer_add(w->drain_timer, &tv);
+    }
+}
+
+void worker_request_done(struct worker *w)
+{
+    w->active--;
+    if (w->draining && w->active == 0) exit_soon(w);
+}
+
+/* Runs on the worker's thread when another thread posted something. */
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    pthread_mutex_lock(&w->mu);
+    struct config *next = w->pending;
+    w->pending = NULL;
+    bool stop = w->stop_requested;
+    pthread_mutex_unlock(&w->mu);
+    if (next) {
+        /* Requests in flight keep the snapshot they started with (their own reference). */
+        struct config *old = w->cfg;
+        w->cfg = next;
+        config_unref(old);
+        server_apply_limits(w);
+    }
+    if (stop) begin_drain(w);
+}
+
+int worker_init(struct worker *w, struct gateway *gw, unsigned index, struct config *cfg,
+                evutil_socket_t listen_fd, char *err, size_t errlen)
+{
+    memset(w, 0, sizeof *w);
+    w->index = index;
+    w->gw = gw;
+    w->listen_fd = listen_fd;
+    w->cfg = config_ref(cfg);
+    pthread_mutex_init(&w->mu, NULL);
+    struct event_config *ec = event_config_new();
+    if (ec) event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
+    w->base = ec ? event_base_new_with_config(ec) : NULL;
+    if (ec) event_config_free(ec);
+    if (!w->base) {
+        log_warn(
+            "worker",
+            "no event backend with early-close detection; client disconnects are noticed late");
+        w->base = event_base_new();
+    }
+    if (!w->base) {
+        snprintf(err, errlen, "cannot create an event base");
+        return -1;
+    }
+    w->wake = event_new(w->base, -1, EV_PERSIST, on_wake, w);
+    w->up = upstream_new(w->base, max_host_conns(cfg));
+    if (!w->wake || !w->up) {
+        snprintf(err, errlen, "cannot create the worker's event or upstream client");
+        return -1;
+    }
+    event_add(w->wake, NULL);
+    if (server_init(w, err, errlen) != 0) return -1;
+    if (index == 0 && health_start(w) != 0) {
+        snprintf(err, errlen, "cannot start the upstream health probe");
+        return -1;
+    }
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) return -1;
+    w->thread_started = true;
+    return 0;
+}
+
+void worker_post_config(struct worker *w, struct config *cfg)
+{
+    pthread_mutex_lock(&w->mu);
+    config_unref(w->pending);
+    w->pending = config_ref(cfg);
+    pthread_mutex_unlock(&w->mu);
+    event_active(w->wake, EV_READ, 0);
+}
+
+void worker_post_stop(struct worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->stop_requested = true;
+    pthread_mutex_unlock(&w->mu);
+    event_active(w->wake, EV_READ, 0);
+}
+
+void worker_join(struct worker *w)
+{
+    if (w->thread_started) pthread_join(w->thread, NULL);
+    w->thread_started = false;
+    health_stop(w);
+    /* Connections still open (drain timeout) are closed here; their requests are
+     * cancelled through the close callbacks while the upstream client is alive. */
+    server_free(w);
+    upstream_free(w->up);
+    if (w->drain_timer) event_free(w->drain_timer);
+    if (w->wake) event_free(w->wake);
+    if (w->base) event_base_free(w->base);
+    if (!w->bound && w->listen_fd >= 0 && !w->draining) close(w->listen_fd);
+    config_unref(w->cfg);
+    config_unref(w->pending);
+    pthread_mutex_destroy(&w->mu);
+}
