@@ -270,6 +270,10 @@ int model_config_parse(const char *config_json, size_t config_len, const char *g
         seterr(err, errlen, "config.json: hidden_act '%.32s' not supported (silu)", act);
         goto out;
     }
+    if (ejson_get_bool(root, "mlp_bias", 0)) {
+        seterr(err, errlen, "config.json: mlp_bias true is not supported");
+        goto out;
+    }
     cfg->tie_embeddings = ejson_get_bool(root, "tie_word_embeddings", 0);
     int attention_bias = ejson_get_bool(root, "attention_bias", 0);
     cfg->qkv_bias = cfg->arch == ARCH_QWEN2 || attention_bias;
