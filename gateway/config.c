@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/jsonc.h"
 
@@ -77,6 +78,8 @@ static int validate_base_url(struct parse_ctx *ctx, const cJSON *item, const cha
                              void *field);
 static int validate_env_name(struct parse_ctx *ctx, const cJSON *item, const char *name,
                              void *field);
+static int validate_header_list(struct parse_ctx *ctx, const cJSON *item, const char *name,
+                                void *field);
 static int parse_api_keys(struct parse_ctx *ctx, const cJSON *item, const char *name);
 static int parse_providers(struct parse_ctx *ctx, const cJSON *item, const char *name);
 static int parse_models(struct parse_ctx *ctx, const cJSON *item, const char *name);
@@ -124,6 +127,9 @@ static const struct option provider_options[] = {
            "bound on one whole upstream exchange"),
     ROW_UINT("max_connections", P(max_connections), 256, 1, 100000,
              "concurrent connections to this provider per process"),
+    ROW_STRING("forward_headers", P(forward_headers), NULL, 1, 1024, validate_header_list, 0,
+               "comma-separated client request headers passed upstream; `prefix-*` matches a "
+               "prefix (hop-by-hop, auth and framing headers are refused)"),
 };
 
 static const struct option model_options[] = {
@@ -509,6 +515,40 @@ static int validate_base_url(struct parse_ctx *ctx, const cJSON *item, const cha
     while (len > scheme && url[len - 1] == '/')
         url[--len] = '\0';
     if (len == scheme || url[scheme] == '/') return errorf(ctx, item, "'%s' has no host", name);
+    return 0;
+}
+
+/* A comma-separated list of header names, each optionally ending in '*'. Headers
+ * that carry credentials or framing are never forwarded, so they are refused. */
+static int validate_header_list(struct parse_ctx *ctx, const cJSON *item, const char *name,
+                                void *field)
+{
+    static const char *const refused[] = {"authorization", "host", "content-length", "connection",
+                                          "transfer-encoding", "te", "upgrade", "keep-alive",
+                                          "proxy-authorization", "api-key", "x-api-key", "cookie",
+                                          "expect", "content-type", "accept", NULL};
+    const char *s = *(char **)field;
+    while (*s) {
+        while (*s == ' ' || *s == ',') s++;
+        const char *start = s;
+        while (*s && *s != ',' && *s != ' ') s++;
+        size_t n = (size_t)(s - start);
+        if (n == 0) break;
+        bool ok = n <= 64;
+        for (size_t i = 0; ok && i < n; i++) {
+            char c = start[i];
+            ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '_' || (c == '*' && i == n - 1 && n > 1);
+        }
+        if (!ok)
+            return errorf(ctx, item,
+                          "'%s' must list header names ([A-Za-z0-9_-], optional trailing '*'), "
+                          "got '%.*s'",
+                          name, (int)n, start);
+        for (int i = 0; refused[i]; i++)
+            if (strlen(refused[i]) == n && strncasecmp(refused[i], start, n) == 0)
+                return errorf(ctx, item, "'%s' may not forward '%.*s'", name, (int)n, start);
+    }
     return 0;
 }
 

@@ -24,6 +24,7 @@ struct provider_conf {
     char *api_key;     /* its value read at load time, or NULL if unset; never log it */
     unsigned connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, total_timeout_ms;
     unsigned max_connections; /* concurrent upstream connections */
+    char *forward_headers;    /* "name, prefix-*, ..." client headers passed upstream, or NULL */
 };
 
 /* One entry of "models": a public model name mapped to a provider's model. */

@@ -7,6 +7,8 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,7 +171,18 @@ static int on_sse_event(void *ud, const struct sse_event *ev)
 {
     struct request *r = ud;
     if (r->saw_done) return 0; /* nothing after [DONE] */
-    if (sse_is_done(ev)) r->saw_done = true;
+    if (sse_is_done(ev)) {
+        r->saw_done = true;
+    } else {
+        /* A chunk the client's SDK could not parse ends the stream as an error. */
+        cJSON *doc = cJSON_ParseWithLength(ev->data, ev->data_len);
+        bool ok = cJSON_IsObject(doc);
+        cJSON_Delete(doc);
+        if (!ok) {
+            r->error = "upstream_malformed";
+            return 1;
+        }
+    }
     if (ev->event_len && !(ev->event_len == 7 && memcmp(ev->event, "message", 7) == 0)) {
         evbuffer_add(r->frame, "event: ", 7);
         evbuffer_add(r->frame, ev->event, ev->event_len);
@@ -229,8 +242,10 @@ static enum upstream_data_rc on_up_data(void *ud, const char *data, size_t len)
         evbuffer_add(r->body, data, len);
         return UPSTREAM_CONTINUE;
     }
-    if (sse_parser_feed(&r->sse, data, len) < 0) {
-        r->error = "upstream_bad_sse";
+    int rc = sse_parser_feed(&r->sse, data, len);
+    if (rc != 0) {
+        if (rc < 0) r->error = "upstream_bad_sse";
+        flush_frames(r); /* the events before the bad one */
         return UPSTREAM_ABORT;
     }
     if (flush_frames(r)) {
@@ -262,6 +277,9 @@ static void finish_stream(struct request *r, enum upstream_result res, const cha
     } else if (res == UPSTREAM_OK) {
         code = "upstream_incomplete";
         msg = "The upstream provider ended the stream without [DONE].";
+    } else if (r->error && strcmp(r->error, "upstream_malformed") == 0) {
+        code = r->error;
+        msg = "The upstream provider sent a malformed stream event.";
     } else {
         code = r->error ? r->error : "upstream_error";
         msg = "The upstream provider's stream broke off.";
@@ -317,7 +335,7 @@ static void finish_buffered(struct request *r)
     r->status = status;
     if (status != 200) r->error = "upstream_status";
     r->bytes_out = len;
-    evhttp_send_reply(r->req, status, status == 200 ? "OK" : "Upstream Error", r->body);
+    evhttp_send_reply(r->req, status, server_reason_phrase(status), r->body);
     request_end(r);
 }
 
@@ -383,6 +401,25 @@ static int stage_route_or_reply(struct request *r)
     return -1;
 }
 
+#define MAX_FORWARDED 32
+
+/* Whether header name is in the provider's forward_headers list ("a, b-*"). */
+static bool forward_match(const char *list, const char *name)
+{
+    size_t nlen = strlen(name);
+    for (const char *s = list; *s;) {
+        while (*s == ' ' || *s == ',') s++;
+        const char *start = s;
+        while (*s && *s != ',' && *s != ' ') s++;
+        size_t n = (size_t)(s - start);
+        if (n == 0) break;
+        if (start[n - 1] == '*' ? nlen >= n - 1 && strncasecmp(start, name, n - 1) == 0
+                                : nlen == n && strncasecmp(start, name, n) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* dispatch: render the upstream body and start the transfer. */
 static int stage_dispatch_or_reply(struct request *r)
 {
@@ -396,8 +433,9 @@ static int stage_dispatch_or_reply(struct request *r)
         return -1;
     }
     char auth[600], rid[96];
-    const char *headers[5];
-    size_t nh = 0;
+    const char *headers[5 + MAX_FORWARDED];
+    char *fwd[MAX_FORWARDED];
+    size_t nh = 0, nfwd = 0;
     headers[nh++] = "Content-Type: application/json";
     headers[nh++] = r->oai.stream ? "Accept: text/event-stream" : "Accept: application/json";
     headers[nh++] = "User-Agent: llmgate/" PACKAGE_VERSION;
@@ -406,6 +444,17 @@ static int stage_dispatch_or_reply(struct request *r)
     if (p->api_key) {
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->api_key);
         headers[nh++] = auth;
+    }
+    if (p->forward_headers) {
+        struct evkeyval *kv;
+        TAILQ_FOREACH(kv, evhttp_request_get_input_headers(r->req), next)
+        {
+            if (nfwd == MAX_FORWARDED || !forward_match(p->forward_headers, kv->key)) continue;
+            size_t need = strlen(kv->key) + strlen(kv->value) + 3;
+            if (!(fwd[nfwd] = malloc(need))) break;
+            snprintf(fwd[nfwd], need, "%s: %s", kv->key, kv->value);
+            headers[nh++] = fwd[nfwd++];
+        }
     }
     struct upstream_request ureq = {
         .url = url,
@@ -421,6 +470,7 @@ static int stage_dispatch_or_reply(struct request *r)
     r->t_up_us = util_now_us();
     r->xfer = upstream_start(r->w->up, &ureq, &up_callbacks, r);
     if (p->api_key) memset(auth, 0, sizeof auth);
+    for (size_t i = 0; i < nfwd; i++) free(fwd[i]);
     if (!r->xfer) {
         fail_before_reply(r, 500, "server_error", "internal_error", "%s",
                           "The gateway could not start the upstream request.");

@@ -39,7 +39,7 @@ static void reply_json(struct evhttp_request *req, int status, const char *reaso
     if (b) evbuffer_free(b);
 }
 
-static const char *reason_phrase(int status)
+const char *server_reason_phrase(int status)
 {
     switch (status) {
     case 400: return "Bad Request";
@@ -53,6 +53,9 @@ static const char *reason_phrase(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 200: return "OK";
+    case 409: return "Conflict";
+    case 422: return "Unprocessable Entity";
     default: return "Error";
     }
 }
@@ -66,7 +69,7 @@ void server_reply_error(struct evhttp_request *req, const struct oai_error *e,
         n = snprintf(json, sizeof json,
                      "{\"error\":{\"message\":\"error\",\"type\":\"server_error\",\"param\":null,"
                      "\"code\":null}}");
-    reply_json(req, e->status, reason_phrase(e->status), json, (size_t)n, request_id, close_conn);
+    reply_json(req, e->status, server_reason_phrase(e->status), json, (size_t)n, request_id, close_conn);
 }
 
 /* ---------------------------------------------------------------- connections */

@@ -32,6 +32,8 @@ void server_free(struct worker *w);
 /* Sends e as an OpenAI-shaped error reply with x-request-id; completes req. */
 void server_reply_error(struct evhttp_request *req, const struct oai_error *e,
                         const char *request_id, bool close_conn);
+/* The HTTP reason phrase for a status ("Error" for unusual ones). */
+const char *server_reason_phrase(int status);
 /* Adds the headers every response carries. */
 void server_common_headers(struct evhttp_request *req, const char *request_id, bool close_conn);
 
