@@ -1,5 +1,7 @@
 # engine tokenizer, JSON reader and chat templates.
-libllmgate_engine_a_SOURCES += engine/json.c engine/json.h
+libllmgate_engine_a_SOURCES += engine/json.c engine/json.h \
+	engine/unicode.c engine/unicode.h engine/unicode_data.c \
+	engine/tokenizer.c engine/tokenizer.h engine/tokenizer_internal.h
 
 if HAVE_CMOCKA
 check_PROGRAMS += tests/unit/test_engine_json
