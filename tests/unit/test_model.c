@@ -9,6 +9,7 @@
 
 #include "engine/backend.h"
 #include "engine/json.h"
+#include "engine/mkmodel.h"
 #include "engine/model.h"
 
 #include <math.h>
@@ -321,6 +322,66 @@ static void test_batch_rejected(void **state)
     model_free(m);
 }
 
+static int files_equal(const char *a, const char *b)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", a, b);
+    return system(cmd) == 0;
+}
+
+static void test_mkmodel(void **state)
+{
+    (void)state;
+    const char *presets[] = {"llama-tiny", "qwen2-tiny", "mistral-tiny"};
+    for (size_t i = 0; i < 3; i++) {
+        struct mkmodel_spec spec;
+        assert_int_equal(mkmodel_preset(presets[i], &spec), 0);
+        char a[64], b[64], err[512], pa[128], pb[128];
+        snprintf(a, sizeof a, "/tmp/test_mkmodel.XXXXXX");
+        snprintf(b, sizeof b, "/tmp/test_mkmodel.XXXXXX");
+        assert_non_null(mkdtemp(a));
+        assert_non_null(mkdtemp(b));
+        if (i == 2) spec.dtype = WT_F32;
+        if (mkmodel_write(&spec, a, err, sizeof err) != 0) fail_msg("%s", err);
+        assert_int_equal(mkmodel_write(&spec, b, err, sizeof err), 0);
+        snprintf(pa, sizeof pa, "%s/model.safetensors", a);
+        snprintf(pb, sizeof pb, "%s/model.safetensors", b);
+        assert_true(files_equal(pa, pb)); /* deterministic from the seed */
+        spec.seed = 2;
+        assert_int_equal(mkmodel_write(&spec, b, err, sizeof err), 0);
+        assert_false(files_equal(pa, pb));
+
+        struct model *m = NULL;
+        if (model_load(a, &m, err, sizeof err) != 0) fail_msg("%s: %s", presets[i], err);
+        assert_int_equal(m->cfg.arch, spec.arch);
+        assert_int_equal(m->cfg.vocab_size, spec.vocab_size);
+        assert_int_equal(m->cfg.tie_embeddings, spec.tie_embeddings);
+        assert_int_equal(m->w.embed.type, i == 2 ? WT_F32 : WT_BF16);
+        assert_true(m->cfg.n_eos >= 1);
+        struct backend *be = NULL;
+        struct backend_params bp = {.n_threads = 2};
+        assert_int_equal(backend_cpu_create(m, &bp, &be, err, sizeof err), 0);
+        int32_t toks[5] = {1, 2, 3, 4, 5}, table[1] = {0};
+        struct batch_seq sq = {toks, 5, 0, table, 1};
+        struct batch batch = {&sq, 1, 0};
+        float *logits = malloc((size_t)m->cfg.vocab_size * sizeof(float));
+        assert_non_null(logits);
+        assert_int_equal(backend_forward(be, &batch, logits, err, sizeof err), 0);
+        for (int v = 0; v < m->cfg.vocab_size; v++)
+            assert_true(isfinite(logits[v]));
+        free(logits);
+        backend_free(be);
+        model_free(m);
+        rm_rf(a);
+        rm_rf(b);
+    }
+    struct mkmodel_spec big;
+    assert_int_equal(mkmodel_preset("llama3.2-1b", &big), 0);
+    assert_true(big.llama3_rope);
+    assert_int_equal(big.vocab_size, 128256);
+    assert_int_equal(mkmodel_preset("gpt-5", &big), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -329,6 +390,7 @@ int main(void)
         cmocka_unit_test(test_config_parse),
         cmocka_unit_test(test_shape_mismatch_named),
         cmocka_unit_test(test_batch_rejected),
+        cmocka_unit_test(test_mkmodel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
