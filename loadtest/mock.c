@@ -24,6 +24,7 @@
 
 #include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
@@ -912,6 +913,9 @@ static int listen_on(const char *host, int *port)
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        /* Accepted sockets inherit it: small SSE chunks must not wait for
+         * the client's delayed ACK (Nagle). */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
         bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
         log_error("mock", "cannot listen on %s:%d: %s", host, *port, strerror(errno));
         if (fd >= 0) close(fd);
@@ -929,7 +933,13 @@ static int listen_on(const char *host, int *port)
 
 static int thread_setup(struct mock_thread *t)
 {
-    if ((t->base = event_base_new()) == NULL || (t->http = evhttp_new(t->base)) == NULL) return -1;
+    struct event_config *cfg = event_config_new();
+    if (cfg == NULL) return -1;
+    /* timerfd-backed timers: --interval-ms 1 means 1 ms, not a scheduler tick. */
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    t->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    if (t->base == NULL || (t->http = evhttp_new(t->base)) == NULL) return -1;
     evhttp_set_gencb(t->http, on_request, t);
     evhttp_set_max_headers_size(t->http, MOCK_MAX_HEADERS);
     evhttp_set_max_body_size(t->http, MOCK_MAX_BODY);
