@@ -10,4 +10,4 @@ llmgate_loadgen_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS)
 llmgate_loadgen_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) -lm
 
 dist_noinst_SCRIPTS += loadtest/bench_proxy.sh
-EXTRA_DIST += loadtest/README.md loadtest/results
+EXTRA_DIST += loadtest/README.md
