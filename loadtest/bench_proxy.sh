@@ -72,8 +72,8 @@ free_port() {
 
 # wait_up PID URL: until URL answers any HTTP status (10 s), or PID dies.
 wait_up() {
-    local pid=$1 url=$2 i
-    for i in $(seq 100); do
+    local pid=$1 url=$2
+    for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || return 1
         curl -s -o /dev/null --max-time 1 "$url" && return 0
         sleep 0.1

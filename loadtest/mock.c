@@ -40,8 +40,9 @@
 #define MOCK_MAX_HEADERS    (64 * 1024)
 #define MOCK_HTTP_TIMEOUT_S 120
 #define MOCK_MAX_THREADS    64
-#define MOCK_LAST_BODY_MAX  (64 * 1024) /* /mock/stats echoes the last body up to this size */
-#define MOCK_CUT_TOKENS     3           /* content chunks sent before a *-mid-stream fault */
+#define MOCK_LAST_BODY_MAX  (64 * 1024)  /* /mock/stats echoes the last body up to this size */
+#define MOCK_CUT_TOKENS     3            /* content chunks sent before a *-mid-stream fault */
+#define MOCK_STREAM_HIWAT   (256 * 1024) /* unsent bytes at which a fast stream waits */
 
 /* ------------------------------------------------------------------------ */
 /* Options, counters, the last request                                       */
@@ -400,8 +401,17 @@ static enum step step_at(const struct mreq *m, int k, int *tok)
     return ST_END;
 }
 
-/* Writes stream events until the stream ends, is cut, or must wait for the
- * interval timer. */
+/* evhttp wrote everything we gave it: resume the stream from the loop, not
+ * from inside evhttp's write callback. Any later evhttp call on the request
+ * replaces this callback, so it never outlives the request. */
+static void on_drained(struct evhttp_connection *evcon, void *arg)
+{
+    struct mreq *m = arg;
+    if (m->state == MREQ_STREAMING && mreq_arm(m, 0) != 0) mreq_abort(m);
+}
+
+/* Writes stream events until the stream ends, is cut, must wait for the
+ * interval timer, or (no interval) until the client has 256 KiB to read. */
 static void stream_pump(struct mreq *m)
 {
     struct evbuffer *buf = evbuffer_new();
@@ -436,6 +446,15 @@ static void stream_pump(struct mreq *m)
             return;
         }
         m->step++;
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(m->evcon);
+        if (m->interval_ms == 0 && bev &&
+            evbuffer_get_length(bufferevent_get_output(bev)) + evbuffer_get_length(buf) >
+                MOCK_STREAM_HIWAT) {
+            evhttp_send_reply_chunk_with_cb(m->req, buf, on_drained, m);
+            evbuffer_free(buf);
+            if (mreq_watch(m) != 0) mreq_abort(m);
+            return;
+        }
         evhttp_send_reply_chunk(m->req, buf); /* drains buf */
         int next_tok;
         enum step next = step_at(m, m->step, &next_tok);
