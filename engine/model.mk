@@ -6,12 +6,16 @@ libllmgate_engine_a_SOURCES += \
 	engine/kv.c engine/kv.h \
 	engine/backend.c engine/backend.h \
 	engine/cpu/cpu.h engine/cpu/threadpool.c engine/cpu/matmul.c engine/cpu/ops.c \
-	engine/cpu/backend_cpu.c \
+	engine/cpu/backend_cpu.c engine/cpu/membw.c \
 	engine/mkmodel.c engine/mkmodel.h
 
 bin_PROGRAMS += llmgate-mkmodel
 llmgate_mkmodel_SOURCES = engine/mkmodel_main.c
 llmgate_mkmodel_LDADD = $(ENGINE_LIBS)
+
+noinst_PROGRAMS += llmgate-bench-engine
+llmgate_bench_engine_SOURCES = engine/bench_engine.c
+llmgate_bench_engine_LDADD = $(ENGINE_LIBS)
 
 EXTRA_DIST += tests/fixtures/models engine/tools/make_model_fixtures.py
 

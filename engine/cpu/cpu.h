@@ -25,6 +25,10 @@ int tpool_size(const struct tpool *p);
 /* Stops and joins the workers. NULL is a no-op. */
 void tpool_free(struct tpool *p);
 
+/* Best of reps multithreaded streaming reads over a fresh buffer of `bytes`, in GB/s (0 when
+ * the buffer cannot be allocated). For the benchmark's roofline (membw.c). */
+double cpu_read_bandwidth(struct tpool *pool, size_t bytes, int reps);
+
 /* ---- matmul (matmul.c) ---------------------------------------------------------------- */
 
 /* out[t][r] = bias[r] + sum_k x[t][k] * w[r][k] for t < n_tok, r < w->rows; x rows are

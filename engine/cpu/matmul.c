@@ -129,72 +129,112 @@ AVX2_INLINE float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* R weight rows (starting at row r) times T tokens (starting at x), R <= 4, T <= 3; the
- * compiler unrolls both loops because R and T are constants at every call site. */
-AVX2_INLINE void tile(const struct matmul_job *job, int bf16, int r, const float *x, float *out,
-                      const int R, const int T)
+/* Scalar tail of a dot product over k in [k0, K). */
+static inline float tail_dot(const void *w, int bf16, size_t row_off, const float *x, int k0, int K)
+{
+    float s = 0.0f;
+    for (int k = k0; k < K; k++) {
+        float wk = bf16 ? bf16f(((const uint16_t *)w)[row_off + (size_t)k])
+                        : ((const float *)w)[row_off + (size_t)k];
+        s += wk * x[k];
+    }
+    return s;
+}
+
+/* 4 weight rows x 3 tokens: 12 accumulators, each weight vector widened once feeds 3 FMAs.
+ * Written out by hand: compilers keep a [4][3] accumulator array on the stack. */
+AVX2_INLINE void tile4x3(const struct matmul_job *job, int bf16, int r, const float *x, float *out)
 {
     const int K = job->w->cols;
-    const size_t ldw = (size_t)K;
+    const size_t ldw = (size_t)K, o0 = (size_t)r * ldw;
     const void *w = job->w->data;
-    __m256 acc[4][3];
-    for (int i = 0; i < R; i++)
-        for (int t = 0; t < T; t++)
-            acc[i][t] = _mm256_setzero_ps();
+    const float *x0 = x, *x1 = x + ldw, *x2 = x + 2 * ldw;
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00,
+           a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
     int k = 0;
     for (; k + 8 <= K; k += 8) {
-        __m256 xv[3];
-        for (int t = 0; t < T; t++)
-            xv[t] = _mm256_loadu_ps(x + (size_t)t * ldw + k);
-        for (int i = 0; i < R; i++) {
-            __m256 wv = load8_w(w, bf16, (size_t)(r + i) * ldw + (size_t)k);
-            for (int t = 0; t < T; t++)
-                acc[i][t] = _mm256_fmadd_ps(wv, xv[t], acc[i][t]);
-        }
+        __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k),
+               v2 = _mm256_loadu_ps(x2 + k);
+        __m256 w0 = load8_w(w, bf16, o0 + (size_t)k);
+        a00 = _mm256_fmadd_ps(w0, v0, a00);
+        a01 = _mm256_fmadd_ps(w0, v1, a01);
+        a02 = _mm256_fmadd_ps(w0, v2, a02);
+        __m256 w1 = load8_w(w, bf16, o0 + ldw + (size_t)k);
+        a10 = _mm256_fmadd_ps(w1, v0, a10);
+        a11 = _mm256_fmadd_ps(w1, v1, a11);
+        a12 = _mm256_fmadd_ps(w1, v2, a12);
+        __m256 w2 = load8_w(w, bf16, o0 + 2 * ldw + (size_t)k);
+        a20 = _mm256_fmadd_ps(w2, v0, a20);
+        a21 = _mm256_fmadd_ps(w2, v1, a21);
+        a22 = _mm256_fmadd_ps(w2, v2, a22);
+        __m256 w3 = load8_w(w, bf16, o0 + 3 * ldw + (size_t)k);
+        a30 = _mm256_fmadd_ps(w3, v0, a30);
+        a31 = _mm256_fmadd_ps(w3, v1, a31);
+        a32 = _mm256_fmadd_ps(w3, v2, a32);
     }
-    for (int i = 0; i < R; i++) {
+    __m256 acc[4][3] = {{a00, a01, a02}, {a10, a11, a12}, {a20, a21, a22}, {a30, a31, a32}};
+    const float *xs[3] = {x0, x1, x2};
+    for (int i = 0; i < 4; i++) {
         float b = bias_at(job->bias, r + i);
-        for (int t = 0; t < T; t++) {
-            float s = hsum8(acc[i][t]);
-            for (int kk = k; kk < K; kk++) {
-                size_t o = (size_t)(r + i) * ldw + (size_t)kk;
-                float wk = bf16 ? bf16f(((const uint16_t *)w)[o]) : ((const float *)w)[o];
-                s += wk * x[(size_t)t * ldw + kk];
-            }
-            out[(size_t)t * job->out_stride + (size_t)(r + i)] = b + s;
-        }
+        for (int t = 0; t < 3; t++)
+            out[(size_t)t * job->out_stride + (size_t)(r + i)] =
+                b + hsum8(acc[i][t]) + tail_dot(w, bf16, o0 + (size_t)i * ldw, xs[t], k, K);
     }
 }
 
-/* All tokens [t0, t1) against rows [r0, r1), R rows at a time. */
+/* 4 weight rows x 1 token (decode GEMV). Four independent FMA chains already outrun memory,
+ * and one accumulator per row keeps the summation order of tile4x3, so a token's result does
+ * not depend on how many tokens share the step. */
+AVX2_INLINE void tile4x1(const struct matmul_job *job, int bf16, int r, const float *x, float *out)
+{
+    const int K = job->w->cols;
+    const size_t ldw = (size_t)K, o0 = (size_t)r * ldw;
+    const void *w = job->w->data;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 v = _mm256_loadu_ps(x + k);
+        a0 = _mm256_fmadd_ps(load8_w(w, bf16, o0 + (size_t)k), v, a0);
+        a1 = _mm256_fmadd_ps(load8_w(w, bf16, o0 + ldw + (size_t)k), v, a1);
+        a2 = _mm256_fmadd_ps(load8_w(w, bf16, o0 + 2 * ldw + (size_t)k), v, a2);
+        a3 = _mm256_fmadd_ps(load8_w(w, bf16, o0 + 3 * ldw + (size_t)k), v, a3);
+    }
+    __m256 acc[4] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4; i++)
+        out[r + i] = bias_at(job->bias, r + i) + hsum8(acc[i]) +
+                     tail_dot(w, bf16, o0 + (size_t)i * ldw, x, k, K);
+}
+
+/* 1 weight row x 1 token, for the rows left over after the 4-row tiles. */
+AVX2_INLINE void tile1x1(const struct matmul_job *job, int bf16, int r, const float *x, float *out)
+{
+    const int K = job->w->cols;
+    const size_t o0 = (size_t)r * (size_t)K;
+    const void *w = job->w->data;
+    __m256 a = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8)
+        a = _mm256_fmadd_ps(load8_w(w, bf16, o0 + (size_t)k), _mm256_loadu_ps(x + k), a);
+    out[r] = bias_at(job->bias, r) + hsum8(a) + tail_dot(w, bf16, o0, x, k, K);
+}
+
+/* All tokens [t0, t1) against rows [r0, r1): 4-row tiles reused across the token chunk.
+ * Every token's sum is accumulated in the same order whatever the tile, so batching does not
+ * change a sequence's results. */
 AVX2_INLINE void rows_tokens(const struct matmul_job *job, int bf16, int r0, int r1, int t0, int t1)
 {
-    const size_t K = (size_t)job->w->cols;
+    const size_t K = (size_t)job->w->cols, os = job->out_stride;
     int r = r0;
     for (; r + 4 <= r1; r += 4) {
         int t = t0;
         for (; t + 3 <= t1; t += 3)
-            tile(job, bf16, r, job->x + (size_t)t * K, job->out + (size_t)t * job->out_stride, 4,
-                 3);
-        if (t1 - t == 2)
-            tile(job, bf16, r, job->x + (size_t)t * K, job->out + (size_t)t * job->out_stride, 4,
-                 2);
-        else if (t1 - t == 1)
-            tile(job, bf16, r, job->x + (size_t)t * K, job->out + (size_t)t * job->out_stride, 4,
-                 1);
+            tile4x3(job, bf16, r, job->x + (size_t)t * K, job->out + t * os);
+        for (; t < t1; t++)
+            tile4x1(job, bf16, r, job->x + (size_t)t * K, job->out + t * os);
     }
-    for (; r < r1; r++) {
-        int t = t0;
-        for (; t + 3 <= t1; t += 3)
-            tile(job, bf16, r, job->x + (size_t)t * K, job->out + (size_t)t * job->out_stride, 1,
-                 3);
-        if (t1 - t == 2)
-            tile(job, bf16, r, job->x + (size_t)t * K, job->out + (size_t)t * job->out_stride, 1,
-                 2);
-        else if (t1 - t == 1)
-            tile(job, bf16, r, job->x + (size_t)t * K, job->out + (size_t)t * job->out_stride, 1,
-                 1);
-    }
+    for (; r < r1; r++)
+        for (int t = t0; t < t1; t++)
+            tile1x1(job, bf16, r, job->x + (size_t)t * K, job->out + t * os);
 }
 
 AVX2_FN static void rows_avx2_bf16(const struct matmul_job *job, int r0, int r1, int t0, int t1)
