@@ -3,4 +3,3 @@
 TESTS += tests/integration/run.sh
 EXTRA_DIST += tests/integration/run.sh tests/integration/conftest.py tests/integration/requirements.txt \
 	tests/integration/test_gateway.py
-check_PROGRAMS += llmgate-mock
