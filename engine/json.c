@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---------------------------------------------------------------- arena */
 
@@ -564,6 +565,10 @@ struct ejson_doc *ejson_parse_file(const char *path, char *err, size_t errlen)
     }
     char *buf = NULL;
     size_t len = 0, cap = 0;
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && st.st_size > 0)
+        cap = (size_t)st.st_size + 65536; /* one allocation for regular files */
+    if (cap && !(buf = malloc(cap))) cap = 0;
     for (;;) {
         if (cap - len < 65536) {
             size_t ncap = cap ? cap * 2 : 1 << 20;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 const char tok_pattern_gpt2[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
@@ -1809,6 +1810,10 @@ static char *read_file(const char *path, size_t *len)
     if (!f) return NULL;
     char *buf = NULL;
     size_t n = 0, cap = 0;
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && st.st_size > 0)
+        cap = (size_t)st.st_size + 65536; /* one allocation for regular files */
+    if (cap && !(buf = malloc(cap))) cap = 0;
     for (;;) {
         if (cap - n < 65536) {
             cap = cap ? cap * 2 : 1 << 20;

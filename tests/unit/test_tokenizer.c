@@ -1,0 +1,441 @@
+/* Unit tests for engine/tokenizer.c: ids and text identical to HF `tokenizers` on the fixtures
+ * made by engine/tools/make_tokenizer_fixtures.py, streaming decode, bad input, synthetic
+ * tokenizers. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "engine/json.h"
+#include "engine/tokenizer.h"
+#include "engine/unicode.h"
+
+static const char *fixtures[] = {"gpt2", "smollm", "llama3", "qwen2", "spm", "metaspace"};
+
+static void fixture_dir(const char *name, char *out, size_t n)
+{
+    const char *src = getenv("LLMGATE_SRCDIR");
+    snprintf(out, n, "%s/tests/fixtures/tokenizer/%s", src ? src : ".", name);
+}
+
+static struct tokenizer *load_fixture(const char *name, struct ejson_doc **expected)
+{
+    char dir[1024], path[1200], err[512];
+    fixture_dir(name, dir, sizeof dir);
+    struct tokenizer *t = NULL;
+    if (tokenizer_load(dir, &t, err, sizeof err) < 0) fail_msg("load %s: %s", name, err);
+    snprintf(path, sizeof path, "%s/expected.json", dir);
+    *expected = ejson_parse_file(path, err, sizeof err);
+    if (!*expected) fail_msg("%s", err);
+    return t;
+}
+
+static int ids_equal(const struct ejson *want, const int32_t *ids, size_t n)
+{
+    if (want->n != n) return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((int32_t)want->items[i].num != ids[i]) return 0;
+    return 1;
+}
+
+static void dump_ids(const char *what, const struct ejson *want, const int32_t *ids, size_t n)
+{
+    fprintf(stderr, "  %s want:", what);
+    for (size_t i = 0; i < want->n; i++)
+        fprintf(stderr, " %d", (int)want->items[i].num);
+    fprintf(stderr, "\n  %s got: ", what);
+    for (size_t i = 0; i < n; i++)
+        fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, "\n");
+}
+
+static int valid_utf8(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        i += uni_decode((const unsigned char *)s + i, n - i, &cp);
+        if (cp >= UNI_BAD_BYTE) return 0;
+    }
+    return 1;
+}
+
+/* Streams ids one by one; every chunk must be whole UTF-8; returns the concatenation. */
+static char *stream_all(const struct tokenizer *t, const int32_t *ids, size_t n, int flags,
+                        size_t *len)
+{
+    struct tokenizer_stream st;
+    tokenizer_decode_stream_init(&st, t, flags);
+    size_t cap = tokenizer_decode_stream_max(t);
+    char *chunk = malloc(cap), *all = malloc(n * cap + cap + 1);
+    size_t total = 0, cl;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(tokenizer_decode_stream_push(&st, ids[i], chunk, cap, &cl), 0);
+        if (!valid_utf8(chunk, cl)) fail_msg("stream chunk %zu is not whole UTF-8", i);
+        memcpy(all + total, chunk, cl);
+        total += cl;
+    }
+    assert_int_equal(tokenizer_decode_stream_flush(&st, chunk, cap, &cl), 0);
+    memcpy(all + total, chunk, cl);
+    total += cl;
+    all[total] = '\0';
+    free(chunk);
+    *len = total;
+    return all;
+}
+
+static void check_fixture(const char *name)
+{
+    struct ejson_doc *exp;
+    struct tokenizer *t = load_fixture(name, &exp);
+    const struct ejson *root = ejson_root(exp);
+    long long vs;
+    assert_int_equal(ejson_get_int(root, "vocab_size", &vs), 0);
+    assert_int_equal(tokenizer_vocab_size(t), vs);
+    const struct ejson *prefix = ejson_get(root, "with_special_prefix");
+    if (prefix->n) {
+        assert_int_equal(tokenizer_add_bos(t), 1);
+        assert_int_equal(tokenizer_bos(t), (int32_t)prefix->items[0].num);
+    } else {
+        assert_int_equal(tokenizer_add_bos(t), 0);
+    }
+    const struct ejson *cases = ejson_get(root, "cases");
+    int bad = 0;
+    for (size_t c = 0; c < cases->n; c++) {
+        const struct ejson *cs = &cases->items[c];
+        const struct ejson *text = ejson_get(cs, "text");
+        for (int ps = 1; ps >= 0; ps--) {
+            const struct ejson *want = ejson_get(cs, ps ? "ids" : "ids_nospecial");
+            int32_t *ids;
+            size_t n;
+            assert_int_equal(tokenizer_encode(t, text->str, text->str_len, ps, &ids, &n), 0);
+            if (!ids_equal(want, ids, n)) {
+                fprintf(stderr, "%s: case %zu (parse_special=%d) \"%.60s\" ids differ\n", name, c,
+                        ps, text->str);
+                dump_ids("ids", want, ids, n);
+                bad++;
+            }
+            free(ids);
+        }
+        const struct ejson *want = ejson_get(cs, "ids");
+        int32_t *ids = malloc((want->n + 1) * sizeof *ids);
+        for (size_t i = 0; i < want->n; i++)
+            ids[i] = (int32_t)want->items[i].num;
+        for (int skip = 0; skip <= 1; skip++) {
+            const char *wd = ejson_get_str(cs, skip ? "decoded_skip" : "decoded");
+            char *out;
+            size_t ol;
+            assert_int_equal(
+                tokenizer_decode_ex(t, ids, want->n, skip ? TOK_DECODE_SKIP_SPECIAL : 0, &out, &ol),
+                0);
+            if (strlen(wd) != ol || memcmp(out, wd, ol) != 0) {
+                fprintf(stderr,
+                        "%s: case %zu decode(skip=%d) differs:\n  want \"%s\"\n  got  \"%s\"\n",
+                        name, c, skip, wd, out);
+                bad++;
+            }
+            free(out);
+            size_t sl;
+            char *streamed = stream_all(t, ids, want->n, skip ? TOK_DECODE_SKIP_SPECIAL : 0, &sl);
+            if (strlen(wd) != sl || memcmp(streamed, wd, sl) != 0) {
+                fprintf(stderr,
+                        "%s: case %zu stream(skip=%d) differs:\n  want \"%s\"\n  got  \"%s\"\n",
+                        name, c, skip, wd, streamed);
+                bad++;
+            }
+            free(streamed);
+        }
+        free(ids);
+    }
+    if (bad) fail_msg("%s: %d mismatches with HF tokenizers", name, bad);
+    tokenizer_free(t);
+    ejson_free(exp);
+}
+
+static void test_fixtures(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
+        check_fixture(fixtures[i]);
+}
+
+/* decode(encode(x)) == x for valid UTF-8 in byte-level tokenizers, with special tokens as text */
+static void test_roundtrip(void **state)
+{
+    (void)state;
+    static const char *texts[] = {
+        "plain ascii text",
+        "  spaces\t\ttabs\n\nnewlines\r\n",
+        "emoji 👨‍👩‍👧‍👦🇺🇸 and CJK 漢字かな한글",
+        "<|im_start|>system\nYou are<|im_end|>",
+        "e\xcc\x81", /* NFC changes it: checked separately */
+    };
+    const char *names[] = {"gpt2", "llama3", "qwen2", "smollm"};
+    for (size_t f = 0; f < 4; f++) {
+        struct ejson_doc *exp;
+        struct tokenizer *t = load_fixture(names[f], &exp);
+        for (size_t i = 0; i < 4; i++) {
+            int32_t *ids;
+            size_t n;
+            char *out;
+            size_t ol;
+            assert_int_equal(tokenizer_encode(t, texts[i], strlen(texts[i]), 0, &ids, &n), 0);
+            assert_int_equal(tokenizer_decode(t, ids, n, &out, &ol), 0);
+            assert_string_equal(out, texts[i]);
+            free(out);
+            free(ids);
+        }
+        tokenizer_free(t);
+        ejson_free(exp);
+    }
+}
+
+/* Invalid UTF-8: raw byte tokens (byte-level) / byte fallback (spm); no crash, bytes survive. */
+static void test_invalid_utf8(void **state)
+{
+    (void)state;
+    static const char bad[] = "ok \xff\xfe x \xc3 y \xe4\xb8 z \xed\xa0\x80 \xf0\x9f\x98 end\x80";
+    const char *names[] = {"gpt2", "llama3", "qwen2", "spm", "metaspace", "smollm"};
+    for (size_t f = 0; f < 6; f++) {
+        struct ejson_doc *exp;
+        struct tokenizer *t = load_fixture(names[f], &exp);
+        int32_t *ids;
+        size_t n;
+        assert_int_equal(tokenizer_encode(t, bad, sizeof bad - 1, 1, &ids, &n), 0);
+        assert_true(n > 0);
+        /* the raw bytes come back when the pieces are concatenated */
+        char raw[256];
+        size_t rl = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t pl;
+            const char *p = tokenizer_token_to_piece(t, ids[i], &pl);
+            assert_non_null(p);
+            memcpy(raw + rl, p, pl);
+            rl += pl;
+        }
+        const char *want = bad;
+        size_t wl = sizeof bad - 1;
+        if (f == 3 || f == 4) { /* spm pieces: leading "▁" became " " */
+            assert_true(rl == wl + 1 && raw[0] == ' ');
+            assert_memory_equal(raw + 1, want, wl);
+        } else {
+            assert_int_equal(rl, wl);
+            assert_memory_equal(raw, want, wl);
+        }
+        char *out;
+        size_t ol;
+        assert_int_equal(tokenizer_decode(t, ids, n, &out, &ol), 0);
+        assert_true(valid_utf8(out, ol));
+        assert_non_null(strstr(out, "\xef\xbf\xbd")); /* U+FFFD */
+        size_t sl;
+        char *s = stream_all(t, ids, n, 0, &sl);
+        assert_true(valid_utf8(s, sl));
+        free(s);
+        free(out);
+        free(ids);
+        tokenizer_free(t);
+        ejson_free(exp);
+    }
+}
+
+/* A multi-byte character split over byte tokens never appears half-done in a stream chunk. */
+static void test_stream_split_char(void **state)
+{
+    (void)state;
+    struct ejson_doc *exp;
+    struct tokenizer *t = load_fixture("qwen2", &exp);
+    const char *text = "\xf0\x9f\xa6\x99\xe4\xb8\x80"; /* 🦙 + a CJK char, rare: byte tokens */
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tokenizer_encode(t, text, strlen(text), 0, &ids, &n), 0);
+    assert_true(n >= 2);
+    struct tokenizer_stream st;
+    tokenizer_decode_stream_init(&st, t, 0);
+    size_t cap = tokenizer_decode_stream_max(t), cl, total = 0;
+    char *chunk = malloc(cap);
+    int empty = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(tokenizer_decode_stream_push(&st, ids[i], chunk, cap, &cl), 0);
+        assert_true(valid_utf8(chunk, cl));
+        if (!cl) empty++;
+        total += cl;
+    }
+    assert_true(empty > 0); /* some ids only started a character */
+    assert_int_equal(total, strlen(text));
+    /* a too-small buffer is refused without consuming */
+    assert_int_equal(tokenizer_decode_stream_push(&st, ids[0], chunk, 2, &cl), -1);
+    /* an unfinished character at the end becomes U+FFFD on flush */
+    tokenizer_decode_stream_init(&st, t, 0);
+    assert_int_equal(tokenizer_decode_stream_push(&st, ids[0], chunk, cap, &cl), 0);
+    assert_int_equal(cl, 0);
+    assert_int_equal(tokenizer_decode_stream_flush(&st, chunk, cap, &cl), 0);
+    assert_int_equal(cl, 3);
+    assert_memory_equal(chunk, "\xef\xbf\xbd", 3);
+    free(chunk);
+    free(ids);
+    tokenizer_free(t);
+    ejson_free(exp);
+}
+
+static void test_accessors(void **state)
+{
+    (void)state;
+    struct ejson_doc *exp;
+    struct tokenizer *t = load_fixture("qwen2", &exp);
+    int32_t im_end = tokenizer_token_id(t, "<|im_end|>");
+    assert_true(im_end >= 0);
+    assert_int_equal(tokenizer_eos(t), im_end);
+    assert_int_equal(tokenizer_bos(t), -1);
+    assert_true(tokenizer_is_special(t, im_end));
+    assert_false(tokenizer_is_special(t, tokenizer_token_id(t, "<tool_call>")));
+    size_t l;
+    assert_string_equal(tokenizer_token_text(t, im_end, &l), "<|im_end|>");
+    assert_null(tokenizer_token_text(t, -1, &l));
+    assert_null(tokenizer_token_text(t, tokenizer_vocab_size(t), &l));
+    assert_int_equal(tokenizer_token_id(t, "no such token"), -1);
+    int32_t sp = tokenizer_token_id(t, "\xc4\xa0"); /* "Ġ" = byte 0x20 */
+    assert_true(sp >= 0);
+    assert_string_equal(tokenizer_token_to_piece(t, sp, &l), " ");
+    tokenizer_free(t);
+    ejson_free(exp);
+
+    t = load_fixture("spm", &exp);
+    assert_int_equal(tokenizer_bos(t), 1);
+    assert_int_equal(tokenizer_eos(t), 2);
+    assert_int_equal(tokenizer_add_bos(t), 1);
+    assert_int_equal(tokenizer_token_id(t, "<0x0A>"), 3 + 10);
+    assert_string_equal(tokenizer_token_to_piece(t, 3 + 10, &l), "\n");
+    tokenizer_free(t);
+    ejson_free(exp);
+}
+
+static void expect_load_error(const char *json, const char *part)
+{
+    struct tokenizer *t = NULL;
+    char err[512];
+    int rc = tokenizer_load_json(json, strlen(json), NULL, 0, &t, err, sizeof err);
+    if (rc == 0) {
+        tokenizer_free(t);
+        fail_msg("accepted bad tokenizer.json: %s", json);
+    }
+    assert_null(t);
+    if (!strstr(err, part)) fail_msg("error '%s' lacks '%s'", err, part);
+}
+
+static void test_malformed(void **state)
+{
+    (void)state;
+    expect_load_error("{", "tokenizer.json: line 1");
+    expect_load_error("[]", "not an object");
+    expect_load_error("{}", "no \"model\"");
+    expect_load_error("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}}}",
+                      "unsupported type \"WordPiece\"");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":[]}}", "\"vocab\" must be an object");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1}}}",
+                      "not a valid token id");
+    expect_load_error(
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"]}}",
+        "\"ab\" is not in the vocabulary");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"ab\"]}}",
+                      "is not \"left right\"");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[[1,2]]}}",
+                      "merges[0]");
+    expect_load_error("{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\w+\"},"
+                      "\"behavior\":\"Isolated\",\"invert\":false},"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0}}}",
+                      "unsupported Split regex");
+    expect_load_error("{\"pre_tokenizer\":{\"type\":\"Whitespace\"},"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0}}}",
+                      "unsupported type \"Whitespace\"");
+    expect_load_error("{\"normalizer\":{\"type\":\"NFKC\"},"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0}}}",
+                      "unsupported type \"NFKC\"");
+    expect_load_error("{\"added_tokens\":[{\"id\":\"x\"}],"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0}}}",
+                      "added_tokens[0]");
+    struct tokenizer *t;
+    char err[256];
+    assert_int_equal(tokenizer_load("/nonexistent-dir", &t, err, sizeof err), -1);
+    assert_non_null(strstr(err, "/nonexistent-dir/tokenizer.json"));
+}
+
+static void test_synthetic(void **state)
+{
+    (void)state;
+    static const enum tok_style styles[] = {TOK_QWEN2, TOK_LLAMA3, TOK_SPM};
+    static const int sizes[] = {1000, 4096, 32000};
+    for (size_t s = 0; s < 3; s++) {
+        for (size_t z = 0; z < 3; z++) {
+            char dir[] = "/tmp/tok_synthXXXXXX";
+            assert_non_null(mkdtemp(dir));
+            char err[512];
+            if (tokenizer_write_synthetic(dir, sizes[z], styles[s], err, sizeof err) < 0)
+                fail_msg("write_synthetic: %s", err);
+            struct tokenizer *t;
+            if (tokenizer_load(dir, &t, err, sizeof err) < 0) fail_msg("load synthetic: %s", err);
+            assert_int_equal(tokenizer_vocab_size(t), sizes[z]);
+            assert_true(tokenizer_eos(t) >= 0);
+            assert_non_null(tokenizer_chat_template(t));
+            const char *text =
+                "Hello world! The quick brown fox, 12345 + 漢字 👍🏽\n\n  done.";
+            int32_t *ids;
+            size_t n;
+            char *out;
+            size_t ol;
+            assert_int_equal(tokenizer_encode(t, text, strlen(text), 1, &ids, &n), 0);
+            assert_true(n > 0 && n < strlen(text));
+            assert_int_equal(tokenizer_decode(t, ids, n, &out, &ol), 0);
+            assert_string_equal(out, text);
+            free(out);
+            free(ids);
+            tokenizer_free(t);
+            /* deterministic: a second write gives the same file */
+            char dir2[] = "/tmp/tok_synthXXXXXX", p1[600], p2[600];
+            assert_non_null(mkdtemp(dir2));
+            assert_int_equal(tokenizer_write_synthetic(dir2, sizes[z], styles[s], err, sizeof err),
+                             0);
+            snprintf(p1, sizeof p1, "%s/tokenizer.json", dir);
+            snprintf(p2, sizeof p2, "%s/tokenizer.json", dir2);
+            struct ejson_doc *d1 = ejson_parse_file(p1, err, sizeof err);
+            assert_non_null(d1);
+            FILE *f1 = fopen(p1, "rb"), *f2 = fopen(p2, "rb");
+            int same = 1, c1, c2;
+            do {
+                c1 = fgetc(f1);
+                c2 = fgetc(f2);
+                if (c1 != c2) same = 0;
+            } while (c1 != EOF && c2 != EOF);
+            fclose(f1);
+            fclose(f2);
+            assert_true(same);
+            ejson_free(d1);
+            for (int k = 0; k < 2; k++) {
+                char *d = k ? dir2 : dir, path[600];
+                snprintf(path, sizeof path, "%s/tokenizer.json", d);
+                unlink(path);
+                snprintf(path, sizeof path, "%s/tokenizer_config.json", d);
+                unlink(path);
+                rmdir(d);
+            }
+        }
+    }
+    char err[256];
+    assert_int_equal(tokenizer_write_synthetic("/tmp", 10, TOK_QWEN2, err, sizeof err), -1);
+    assert_non_null(strstr(err, "vocab_size"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fixtures),     cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_invalid_utf8), cmocka_unit_test(test_stream_split_char),
+        cmocka_unit_test(test_accessors),    cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_synthetic),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
