@@ -359,6 +359,65 @@ static void on_request(struct evhttp_request *req, void *arg)
     request_proxy(w, c, req, rid, ep->path, &oai, t0, len);
 }
 
+/* ---------------------------------------------------------------- evhttp's own error pages */
+
+/* libevent 2.1 answers some errors itself (413 body too large, 400 unparsable
+ * HTTP, 505) with a fixed HTML page and has no hook to change it (evhttp's
+ * error callback arrived in 2.2). Every client connection's output buffer gets
+ * this callback: when a reply that ends in evhttp's HTML page lands at the
+ * start of the buffer, it is rewritten into an OpenAI-shaped JSON error with
+ * the same status. Our own replies are JSON or SSE and never match. */
+#define EVHTTP_PAGE_TAIL "</BODY></HTML>\n"
+
+static void rewrite_html_error(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct worker *w = arg;
+    size_t len = evbuffer_get_length(buf);
+    const size_t tail_len = sizeof EVHTTP_PAGE_TAIL - 1;
+    if (info->n_added == 0 || len < 64 || len > 4096) return;
+    char head[16], tail[sizeof EVHTTP_PAGE_TAIL - 1];
+    struct evbuffer_ptr at;
+    if (evbuffer_ptr_set(buf, &at, len - tail_len, EVBUFFER_PTR_SET) != 0 ||
+        evbuffer_copyout_from(buf, &at, tail, tail_len) != (ev_ssize_t)tail_len ||
+        memcmp(tail, EVHTTP_PAGE_TAIL, tail_len) != 0)
+        return;
+    if (evbuffer_copyout(buf, head, sizeof head) != (ev_ssize_t)sizeof head ||
+        memcmp(head, "HTTP/1.", 7) != 0 || head[8] != ' ')
+        return;
+    int status = atoi(head + 9);
+    if (status < 400 || status > 599) return;
+    char msg[160];
+    const char *code = "invalid_http";
+    if (status == 413) {
+        code = "request_too_large";
+        snprintf(msg, sizeof msg, "The request body is larger than the limit of %zu bytes.",
+                 w->cfg->max_body_bytes);
+    } else {
+        snprintf(msg, sizeof msg, "The HTTP request could not be parsed (%d).", status);
+    }
+    struct oai_error e;
+    oai_error_set(&e, status, "invalid_request_error", code, NULL, "%s", msg);
+    char json[512];
+    int n = oai_error_render(&e, json, sizeof json);
+    if (n < 0) return;
+    evbuffer_drain(buf, len);
+    evbuffer_add_printf(buf,
+                        "HTTP/1.%c %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        "Content-Length: %d\r\n\r\n",
+                        head[7], status, server_reason_phrase(status), n);
+    evbuffer_add(buf, json, (size_t)n);
+}
+
+static struct bufferevent *make_client_bev(struct event_base *base, void *arg)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), rewrite_html_error, arg)) {
+        bufferevent_free(bev);
+        return NULL;
+    }
+    return bev;
+}
+
 /* ---------------------------------------------------------------- setup */
 
 void server_apply_limits(struct worker *w)
@@ -394,6 +453,7 @@ int server_init(struct worker *w, char *err, size_t errlen)
     evhttp_set_flags(w->http, EVHTTP_SERVER_LINGERING_CLOSE);
     server_apply_limits(w);
     evhttp_set_gencb(w->http, on_request, w);
+    evhttp_set_bevcb(w->http, make_client_bev, w);
     w->bound = evhttp_accept_socket_with_handle(w->http, w->listen_fd);
     if (!w->bound) {
         snprintf(err, errlen, "cannot accept on the listening socket");

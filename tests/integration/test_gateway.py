@@ -162,10 +162,29 @@ def test_unknown_path_and_method(gateway):
 
 def test_body_over_limit_is_413(gateway):
     big = json.dumps({"model": "mock-model", "messages": [{"role": "user", "content": "x" * 70000}]})
-    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+    r = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "-H",
                         f"Authorization: Bearer {API_KEY}", "--data-binary", "@-",
                         gateway.url + "/v1/chat/completions"], input=big.encode(), capture_output=True)
-    assert r.stdout == b"413"
+    body, status = r.stdout.decode().rsplit("\n", 1)
+    assert status == "413"
+    err = json.loads(body)["error"]
+    assert err["code"] == "request_too_large" and "65536" in err["message"]
+    with pytest.raises(openai.APIStatusError) as ei:
+        gateway.client().chat.completions.create(model="mock-model",
+                                                 messages=[{"role": "user", "content": "x" * 70000}])
+    assert ei.value.status_code == 413
+
+
+def test_malformed_http_gets_json_400(gateway):
+    import socket
+    with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+        s.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
 
 
 @pytest.mark.parametrize("fault,status,exc", [("500", 502, openai.APIStatusError),
