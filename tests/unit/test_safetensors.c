@@ -216,6 +216,43 @@ static void test_memory(void **state)
     }
 }
 
+/* Random single-byte corruptions of a valid file: each is accepted or rejected, never a crash
+ * (run under the sanitizer build to make that bite). */
+static void test_mutations(void **state)
+{
+    (void)state;
+    size_t hl = strlen(VALID), len = 8 + hl + 34;
+    unsigned char *good = calloc(1, len), *buf = malloc(len);
+    assert_non_null(good);
+    assert_non_null(buf);
+    good[0] = (unsigned char)hl;
+    memcpy(good + 8, VALID, hl);
+    uint32_t rng = 12345;
+    for (int iter = 0; iter < 20000; iter++) {
+        memcpy(buf, good, len);
+        int flips = 1 + iter % 3;
+        for (int f = 0; f < flips; f++) {
+            rng = rng * 1103515245u + 12345u;
+            size_t at = (rng >> 8) % (8 + hl);
+            rng = rng * 1103515245u + 12345u;
+            buf[at] = (unsigned char)(rng >> 16);
+        }
+        struct st_file *f = NULL;
+        char err[256];
+        if (st_file_open_mem(buf, len, "fuzz", &f, err, sizeof err) == 0) {
+            for (size_t i = 0; i < f->n; i++) /* every accepted tensor lies inside the buffer */
+                assert_true((const unsigned char *)f->tensors[i].data + f->tensors[i].nbytes <=
+                            buf + len);
+            st_file_close(f);
+        } else {
+            assert_null(f);
+            assert_true(err[0] != '\0');
+        }
+    }
+    free(good);
+    free(buf);
+}
+
 static void write_text(const char *name, const char *text)
 {
     char path[512];
@@ -273,6 +310,7 @@ int main(void)
         cmocka_unit_test(test_unknown_dtype),
         cmocka_unit_test(test_duplicate),
         cmocka_unit_test(test_memory),
+        cmocka_unit_test(test_mutations),
         cmocka_unit_test(test_shards),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
