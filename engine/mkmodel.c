@@ -467,11 +467,6 @@ static int write_configs(const struct mkmodel_spec *s, const char *dir, char *er
     return rc;
 }
 
-/* Weak until the tokenizer's synthetic writer is in the library: without it the model is written
- * without tokenizer files. */
-extern int tokenizer_write_synthetic(const char *dir, int vocab_size, enum tok_style style,
-                                     char *err, size_t errlen) __attribute__((weak));
-
 /* ---- entry ---------------------------------------------------------------------------------- */
 
 static int check_spec(const struct mkmodel_spec *s, char *err, size_t errlen)
@@ -495,8 +490,7 @@ int mkmodel_write(const struct mkmodel_spec *spec, const char *dir, char *err, s
         return -1;
     }
     char path[4096];
-    if (tokenizer_write_synthetic &&
-        tokenizer_write_synthetic(dir, spec->vocab_size, spec->tokenizer, err, errlen) != 0)
+    if (tokenizer_write_synthetic(dir, spec->vocab_size, spec->tokenizer, err, errlen) != 0)
         return -1;
     if (write_configs(spec, dir, err, errlen) != 0) return -1;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
