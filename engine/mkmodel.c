@@ -485,11 +485,23 @@ static int check_spec(const struct mkmodel_spec *s, char *err, size_t errlen)
 int mkmodel_write(const struct mkmodel_spec *spec, const char *dir, char *err, size_t errlen)
 {
     if (check_spec(spec, err, errlen) != 0) return -1;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        seterr(err, errlen, "%s: %s", dir, strerror(errno));
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        seterr(err, errlen, "mkmodel: directory name too long");
         return -1;
     }
-    char path[4096];
+    for (char *p = path + 1;; p++) { /* mkdir -p */
+        int end = *p == '\0';
+        if (*p == '/' || end) {
+            *p = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+                seterr(err, errlen, "%s: %s", path, strerror(errno));
+                return -1;
+            }
+            if (end) break;
+            *p = '/';
+        }
+    }
     if (tokenizer_write_synthetic(dir, spec->vocab_size, spec->tokenizer, err, errlen) != 0)
         return -1;
     if (write_configs(spec, dir, err, errlen) != 0) return -1;
