@@ -20,7 +20,9 @@ trap 'rm -f "$tmp"' EXIT
     echo "Random-weight bf16 models at real shapes made by \`llmgate-mkmodel\`; batch-1 decode is"
     echo "memory-bandwidth bound, so it is reported against the roofline: (weights + KV bytes one"
     echo "step reads) / measured read bandwidth. Decode sequences share a ${PROMPT:-128}-token"
-    echo "prompt's KV blocks and each read their whole context."
+    echo "prompt's KV blocks and each read their whole context. With batch > 1 on a small host the"
+    echo "step is compute-bound (about 2 FLOP per weight per token), so the memory roofline there is"
+    echo "an upper bound, not the limit; the batch-1 fraction is the figure of merit."
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
