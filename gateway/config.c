@@ -523,15 +523,29 @@ static int validate_base_url(struct parse_ctx *ctx, const cJSON *item, const cha
 static int validate_header_list(struct parse_ctx *ctx, const cJSON *item, const char *name,
                                 void *field)
 {
-    static const char *const refused[] = {"authorization", "host", "content-length", "connection",
-                                          "transfer-encoding", "te", "upgrade", "keep-alive",
-                                          "proxy-authorization", "api-key", "x-api-key", "cookie",
-                                          "expect", "content-type", "accept", NULL};
+    static const char *const refused[] = {"authorization",
+                                          "host",
+                                          "content-length",
+                                          "connection",
+                                          "transfer-encoding",
+                                          "te",
+                                          "upgrade",
+                                          "keep-alive",
+                                          "proxy-authorization",
+                                          "api-key",
+                                          "x-api-key",
+                                          "cookie",
+                                          "expect",
+                                          "content-type",
+                                          "accept",
+                                          NULL};
     const char *s = *(char **)field;
     while (*s) {
-        while (*s == ' ' || *s == ',') s++;
+        while (*s == ' ' || *s == ',')
+            s++;
         const char *start = s;
-        while (*s && *s != ',' && *s != ' ') s++;
+        while (*s && *s != ',' && *s != ' ')
+            s++;
         size_t n = (size_t)(s - start);
         if (n == 0) break;
         bool ok = n <= 64;

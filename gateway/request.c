@@ -408,9 +408,11 @@ static bool forward_match(const char *list, const char *name)
 {
     size_t nlen = strlen(name);
     for (const char *s = list; *s;) {
-        while (*s == ' ' || *s == ',') s++;
+        while (*s == ' ' || *s == ',')
+            s++;
         const char *start = s;
-        while (*s && *s != ',' && *s != ' ') s++;
+        while (*s && *s != ',' && *s != ' ')
+            s++;
         size_t n = (size_t)(s - start);
         if (n == 0) break;
         if (start[n - 1] == '*' ? nlen >= n - 1 && strncasecmp(start, name, n - 1) == 0
@@ -470,7 +472,8 @@ static int stage_dispatch_or_reply(struct request *r)
     r->t_up_us = util_now_us();
     r->xfer = upstream_start(r->w->up, &ureq, &up_callbacks, r);
     if (p->api_key) memset(auth, 0, sizeof auth);
-    for (size_t i = 0; i < nfwd; i++) free(fwd[i]);
+    for (size_t i = 0; i < nfwd; i++)
+        free(fwd[i]);
     if (!r->xfer) {
         fail_before_reply(r, 500, "server_error", "internal_error", "%s",
                           "The gateway could not start the upstream request.");
@@ -516,6 +519,11 @@ void request_proxy(struct worker *w, struct conn *c, struct evhttp_request *req,
     if (stage_route_or_reply(r) != 0) return;
     if (stage_dispatch_or_reply(r) != 0) return;
     conn_watch(c, r);
+}
+
+struct evhttp_request *request_evreq(const struct request *r)
+{
+    return r->req;
 }
 
 void request_client_gone(struct request *r, enum client_gone how)

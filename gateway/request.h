@@ -21,6 +21,8 @@ enum client_gone {
     GONE_DETACHED,    /* evhttp dropped the connection and detached the request: ours to complete */
     GONE_EVHTTP_FREES /* the connection is being freed with the request on it (shutdown) */
 };
+/* The evhttp request a proxied request answers. */
+struct evhttp_request *request_evreq(const struct request *r);
 /* The client went away: cancel the upstream transfer and finish. */
 void request_client_gone(struct request *r, enum client_gone how);
 

@@ -69,7 +69,8 @@ void server_reply_error(struct evhttp_request *req, const struct oai_error *e,
         n = snprintf(json, sizeof json,
                      "{\"error\":{\"message\":\"error\",\"type\":\"server_error\",\"param\":null,"
                      "\"code\":null}}");
-    reply_json(req, e->status, server_reason_phrase(e->status), json, (size_t)n, request_id, close_conn);
+    reply_json(req, e->status, server_reason_phrase(e->status), json, (size_t)n, request_id,
+               close_conn);
 }
 
 /* ---------------------------------------------------------------- connections */
@@ -83,9 +84,8 @@ static void on_conn_close(struct evhttp_connection *evcon, void *arg)
         conn_unwatch(c);
         /* A request evhttp detached (the client failed mid-request) is ours to
          * complete; one still attached is freed by evhttp with its connection. */
-        request_client_gone(r, evhttp_request_get_connection(*(struct evhttp_request **)r)
-                                   ? GONE_EVHTTP_FREES
-                                   : GONE_DETACHED);
+        request_client_gone(r, evhttp_request_get_connection(request_evreq(r)) ? GONE_EVHTTP_FREES
+                                                                               : GONE_DETACHED);
     }
     (void)evcon;
     if (c->fd >= 0 && (size_t)c->fd < w->conns_cap && w->conns[c->fd] == c) w->conns[c->fd] = NULL;

@@ -277,7 +277,8 @@ def test_slow_reader_bounds_gateway_memory(gateway, mock):
         samples.append(rss_kb())
         threading.Event().wait(0.05)
     s.close()
-    assert max(samples) - base < 32 * 1024, f"RSS grew from {base} kB to {max(samples)} kB"
+    # 64 MiB leaves room for ASan's quarantine; without backpressure it grows by >200 MiB.
+    assert max(samples) - base < 64 * 1024, f"RSS grew from {base} kB to {max(samples)} kB"
     wait_until(lambda: mock.stats()["in_flight"] == 0, "upstream cancelled after close")
 
 
