@@ -1,5 +1,7 @@
-# tests/integration/: real processes (mock upstream, gateway) driven by the
-# official openai SDK, httpx and curl through pytest.
+# tests/integration/: real processes (mock upstream, gateway, engine) driven by
+# the official openai SDK, httpx and curl through pytest.
 TESTS += tests/integration/run.sh
-EXTRA_DIST += tests/integration/run.sh tests/integration/conftest.py tests/integration/requirements.txt \
-	tests/integration/test_gateway.py
+EXTRA_DIST += tests/integration
+
+dist-hook:
+	rm -rf $(distdir)/tests/integration/__pycache__ $(distdir)/tests/integration/.pytest_cache

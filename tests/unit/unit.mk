@@ -3,8 +3,10 @@ if HAVE_CMOCKA
 UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
 UNIT_LIBS = $(GATEWAY_LIBS) $(CMOCKA_LIBS)
 
-check_PROGRAMS += tests/unit/test_jsonc tests/unit/test_config tests/unit/test_sse tests/unit/test_openai
-TESTS += tests/unit/test_jsonc tests/unit/test_config tests/unit/test_sse tests/unit/test_openai
+check_PROGRAMS += tests/unit/test_jsonc tests/unit/test_config tests/unit/test_sse tests/unit/test_openai \
+	tests/unit/test_auth
+TESTS += tests/unit/test_jsonc tests/unit/test_config tests/unit/test_sse tests/unit/test_openai \
+	tests/unit/test_auth
 
 tests_unit_test_jsonc_SOURCES = tests/unit/test_jsonc.c
 tests_unit_test_jsonc_CFLAGS = $(UNIT_CFLAGS)
@@ -18,4 +20,7 @@ tests_unit_test_sse_LDADD = $(UNIT_LIBS)
 tests_unit_test_openai_SOURCES = tests/unit/test_openai.c
 tests_unit_test_openai_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_openai_LDADD = $(UNIT_LIBS)
+tests_unit_test_auth_SOURCES = tests/unit/test_auth.c
+tests_unit_test_auth_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_auth_LDADD = $(UNIT_LIBS)
 endif
