@@ -1,0 +1,250 @@
+"""llmgate-engine on a unix socket, driven by the official openai SDK and httpx, with a tiny
+random-weight model made by `llmgate-engine mkmodel` in a temp dir. The model's text is noise;
+the tests check shapes, determinism, accounting, cancellation and overload refusal."""
+import re
+import subprocess
+import threading
+
+import httpx
+import openai
+import pytest
+
+from conftest import BUILDDIR, Proc, wait_until
+
+ENGINE = BUILDDIR / "llmgate-engine"
+MODEL = "tiny"
+
+pytestmark = pytest.mark.skipif(not ENGINE.exists(), reason="llmgate-engine not built")
+
+
+class Engine:
+    def __init__(self, tmp, model_dir, name, *extra):
+        self.sock = str(tmp / f"srv-{name}.sock")
+        self.proc = Proc([str(ENGINE), "--model", str(model_dir), "--socket", self.sock,
+                          "--model-name", MODEL, "--threads", "1", *extra], tmp / f"srv-{name}.log")
+        self.http = httpx.Client(transport=httpx.HTTPTransport(uds=self.sock),
+                                 base_url="http://engine", timeout=30)
+        wait_until(self._healthy, "engine /health")
+
+    def _healthy(self):
+        if not self.proc.alive():
+            raise AssertionError("engine exited:\n" + self.proc.output())
+        try:
+            return self.http.get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def client(self):
+        return openai.OpenAI(base_url="http://engine/v1", api_key="unused", max_retries=0,
+                             http_client=httpx.Client(transport=httpx.HTTPTransport(uds=self.sock),
+                                                      timeout=30))
+
+    def metrics(self):
+        out = {}
+        for line in self.http.get("/metrics").text.splitlines():
+            m = re.match(r'^(\w+)(\{status="(\w+)"\})? (\S+)$', line)
+            if m:
+                out[m.group(1) + (":" + m.group(3) if m.group(3) else "")] = float(m.group(4))
+        return out
+
+    def idle(self):
+        m = self.metrics()
+        return m["llmgate_engine_running"] == 0 and m["llmgate_engine_queue_depth"] == 0 \
+            and m["llmgate_engine_kv_blocks_used"] == 0
+
+    def stop(self):
+        self.http.close()
+        rc = self.proc.stop()
+        assert rc == 0, f"engine exited {rc}:\n{self.proc.output()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_mod):
+    d = tmp_mod / "srv-model"
+    subprocess.run([str(ENGINE), "mkmodel", "--preset", "qwen2-tiny", "--out", str(d)],
+                   check=True, capture_output=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_mod, model_dir):
+    e = Engine(tmp_mod, model_dir, "main")
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def client(engine):
+    return engine.client()
+
+
+MSGS = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there!"}]
+
+
+def stream_text(stream):
+    text, finish, usage, chunks = "", None, None, 0
+    for ch in stream:
+        chunks += 1
+        if ch.usage is not None:
+            usage = ch.usage
+        for c in ch.choices:
+            if hasattr(c, "delta"):
+                text += c.delta.content or ""
+            else:
+                text += c.text or ""
+            finish = c.finish_reason or finish
+    return text, finish, usage, chunks
+
+
+def test_chat_streamed_and_not(client):
+    r = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=24, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    assert r.object == "chat.completion" and r.model == MODEL and r.id.startswith("chatcmpl-")
+    c = r.choices[0]
+    assert c.message.role == "assistant" and c.finish_reason == "length"
+    assert r.usage.completion_tokens == 24
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 24
+    s = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=24, temperature=0,
+                                       stream=True, stream_options={"include_usage": True},
+                                       extra_body={"ignore_eos": True})
+    text, finish, usage, chunks = stream_text(s)
+    assert text == c.message.content
+    assert finish == "length"
+    assert usage.prompt_tokens == r.usage.prompt_tokens and usage.completion_tokens == 24
+    assert chunks >= 3
+
+
+def test_completions_streamed_and_not(client):
+    r = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=16,
+                                  temperature=0, extra_body={"ignore_eos": True})
+    assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 16
+    s = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=16,
+                                  temperature=0, stream=True, extra_body={"ignore_eos": True})
+    text, finish, usage, _ = stream_text(s)
+    assert text == r.choices[0].text and finish == "length" and usage is None
+
+
+def test_greedy_deterministic_under_concurrency(client):
+    def ask(out, i):
+        r = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=20,
+                                           temperature=0)
+        out[i] = (r.choices[0].message.content, r.choices[0].finish_reason)
+
+    ref = [None]
+    ask(ref, 0)
+    outs = [None] * 6
+    threads = [threading.Thread(target=ask, args=(outs, i)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outs == [ref[0]] * 6
+
+
+def test_seed_reproducible(client):
+    def ask(seed):
+        return client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=20,
+                                         temperature=1.0, seed=seed,
+                                         extra_body={"ignore_eos": True}).choices[0].text
+
+    assert ask(7) == ask(7)
+    assert ask(7) != ask(8)
+
+
+def test_tokenize_matches_prompt_tokens(engine, client):
+    t = engine.http.post("/tokenize", json={"model": MODEL, "text": "The quick brown fox"}).json()
+    assert t["count"] == len(t["tokens"]) > 0
+    assert all(isinstance(x, int) and 0 <= x < 512 for x in t["tokens"])
+    r = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=8,
+                                  temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.prompt_tokens == t["count"]
+    # the ids are the ones the model is prompted with: same output from the ids
+    r2 = client.completions.create(model=MODEL, prompt=t["tokens"], max_tokens=8, temperature=0,
+                                   extra_body={"ignore_eos": True})
+    assert r2.choices[0].text == r.choices[0].text
+    t = engine.http.post("/tokenize", json={"messages": MSGS}).json()
+    r = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=1)
+    assert r.usage.prompt_tokens == t["count"]
+    bad = engine.http.post("/tokenize", json={"model": MODEL})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "text"
+
+
+def test_stop_string_never_emitted(client):
+    full = client.completions.create(model=MODEL, prompt="abc", max_tokens=40, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    assert len(full) > 6
+    stop = full[len(full) // 2:len(full) // 2 + 2]
+    want = full[:full.index(stop)]
+    r = client.completions.create(model=MODEL, prompt="abc", max_tokens=40, temperature=0,
+                                  stop=[stop], extra_body={"ignore_eos": True})
+    assert r.choices[0].text == want and r.choices[0].finish_reason == "stop"
+    s = client.completions.create(model=MODEL, prompt="abc", max_tokens=40, temperature=0,
+                                  stop=stop, stream=True, extra_body={"ignore_eos": True})
+    text, finish, _, _ = stream_text(s)
+    assert text == want and finish == "stop"
+
+
+def test_errors_are_openai_shaped(engine, client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=MSGS, temperature=5)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=MSGS, n=2)
+    assert e.value.body["param"] == "n"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=MSGS)
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt=[1] * 3000)
+    assert e.value.body["code"] == "context_length_exceeded"
+    r = engine.http.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+    assert engine.http.get("/v1/chat/completions").status_code == 405
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+
+
+def test_cancel_on_disconnect(engine):
+    before = engine.metrics()
+    with engine.http.stream("POST", "/v1/completions",
+                            json={"model": MODEL, "prompt": "x", "max_tokens": 2000, "stream": True,
+                                  "ignore_eos": True}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # one token arrived: hang up
+    wait_until(engine.idle, "engine idle after the client left")
+    after = engine.metrics()
+    assert after["llmgate_engine_requests_total:499"] == before["llmgate_engine_requests_total:499"] + 1
+    generated = after["llmgate_engine_generation_tokens_total"] - \
+        before["llmgate_engine_generation_tokens_total"]
+    assert generated < 2000
+
+
+def test_overload_refused_with_429(tmp_mod, model_dir):
+    e = Engine(tmp_mod, model_dir, "busy", "--max-wait-ms", "1")
+    try:
+        c = e.client()
+        c.completions.create(model=MODEL, prompt="warm up", max_tokens=8)  # measures throughput
+        results = []
+
+        def ask():
+            try:
+                c.completions.create(model=MODEL, prompt="hello " * 20, max_tokens=200,
+                                     extra_body={"ignore_eos": True})
+                results.append("ok")
+            except openai.RateLimitError as err:
+                results.append(err.body["code"])
+
+        threads = [threading.Thread(target=ask) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert "ok" in results and "engine_overloaded" in results
+        assert set(results) == {"ok", "engine_overloaded"}
+        wait_until(e.idle, "busy engine idle")
+        assert e.metrics()["llmgate_engine_requests_total:429"] == results.count("engine_overloaded")
+    finally:
+        e.stop()
