@@ -68,7 +68,7 @@ struct option {
 };
 
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
-static const char *const provider_kind_names[] = {"openai", NULL};
+static const char *const provider_kind_names[] = {"openai", "local", NULL};
 
 static int validate_address(struct parse_ctx *ctx, const cJSON *item, const char *name,
                             void *field);
@@ -130,6 +130,30 @@ static const struct option provider_options[] = {
     ROW_STRING("forward_headers", P(forward_headers), NULL, 1, 1024, validate_header_list, 0,
                "comma-separated client request headers passed upstream; `prefix-*` matches a "
                "prefix (hop-by-hop, auth and framing headers are refused)"),
+    ROW_STRING("socket", P(unix_socket), NULL, 1, 107, NULL, 0,
+               "unix socket path to connect through instead of TCP (required for `local`)"),
+    {.name = "autostart",
+     .type = OPT_BOOL,
+     .offset = P(autostart),
+     .def_num = 1,
+     .doc = "`local`: start llmgate-engine as a supervised child (restarted with backoff)"},
+    ROW_STRING("model_dir", P(model_dir), NULL, 1, 4096, NULL, 0,
+               "`local`: the engine's Hugging Face model directory (required with autostart)"),
+    ROW_STRING("engine_bin", P(engine_bin), NULL, 1, 4096, NULL, 0,
+               "`local`: engine binary (default: llmgate-engine next to llmgate)"),
+    ROW_STRING("served_model", P(served_model), NULL, 1, 256, NULL, 0,
+               "`local`: model name the engine serves (default: the model directory's basename)"),
+    ROW_STRING(
+        "chat_template", P(chat_template), NULL, 1, 32, NULL, 0,
+        "`local`: chat template override (chatml, qwen2.5, llama3, llama3.1, llama2, zephyr)"),
+    ROW_UINT("threads", P(engine_threads), 0, 0, 1024, "`local`: engine CPU threads (0 = cores)"),
+    ROW_UINT("kv_blocks", P(kv_blocks), 0, 0, 100000000,
+             "`local`: engine KV cache blocks (0 = default)"),
+    ROW_UINT("max_batch_tokens", P(max_batch_tokens), 0, 0, 1048576,
+             "`local`: tokens per engine step (0 = default)"),
+    ROW_MS(
+        "max_wait_ms", P(max_wait_ms), 0, 0, 3600000,
+        "`local`: the engine answers 429 engine_overloaded above this predicted wait (0 = never)"),
 };
 
 static const struct option model_options[] = {
@@ -681,6 +705,10 @@ static int parse_providers(struct parse_ctx *ctx, const cJSON *item, const char 
             const char *v = getenv(p->api_key_env);
             if (v && !(p->api_key = strdup(v))) return oom(ctx);
         }
+        if (p->kind == PROVIDER_LOCAL && !p->unix_socket)
+            return errorf(ctx, e, "local provider '%s' needs 'socket'", p->name);
+        if (p->kind == PROVIDER_LOCAL && p->autostart && !p->model_dir)
+            return errorf(ctx, e, "local provider '%s' with autostart needs 'model_dir'", p->name);
     }
     return 0;
 }

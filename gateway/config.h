@@ -6,14 +6,16 @@
 #define LLMGATE_GATEWAY_CONFIG_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
 #include "common/log.h"
 
-/* Upstream API dialects; only OpenAI-compatible for now. */
-enum provider_kind { PROVIDER_OPENAI };
+/* Upstream API dialects: an OpenAI-compatible server, or the bundled llmgate-engine (OpenAI
+ * HTTP on a unix socket, optionally started and supervised by the gateway). */
+enum provider_kind { PROVIDER_OPENAI, PROVIDER_LOCAL };
 
 /* One entry of "providers". */
 struct provider_conf {
@@ -25,6 +27,15 @@ struct provider_conf {
     unsigned connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, total_timeout_ms;
     unsigned max_connections; /* concurrent upstream connections */
     char *forward_headers;    /* "name, prefix-*, ..." client headers passed upstream, or NULL */
+    char *unix_socket;        /* connect through this unix socket instead of TCP, or NULL */
+    /* kind "local": how the supervisor runs llmgate-engine */
+    bool autostart;      /* start the engine as a child and restart it when it dies */
+    char *model_dir;     /* Hugging Face model directory (required with autostart) */
+    char *engine_bin;    /* engine binary; NULL = llmgate-engine next to llmgate */
+    char *served_model;  /* the engine's --model-name; NULL = the model dir's basename */
+    char *chat_template; /* --chat-template override, or NULL */
+    unsigned engine_threads, kv_blocks, max_batch_tokens; /* 0 = the engine's defaults */
+    unsigned max_wait_ms; /* --max-wait-ms: 429 engine_overloaded bound; 0 = none */
 };
 
 /* One entry of "models": a public model name mapped to a provider's model. */

@@ -101,6 +101,7 @@ static void probe_all(evutil_socket_t fd, short what, void *arg)
         struct upstream_request req = {.url = url,
                                        .headers = hdrs,
                                        .n_headers = nh,
+                                       .unix_socket = pc->unix_socket,
                                        .connect_ms = PROBE_TIMEOUT_MS,
                                        .first_byte_ms = PROBE_TIMEOUT_MS,
                                        .idle_ms = PROBE_TIMEOUT_MS,

@@ -464,6 +464,7 @@ static int stage_dispatch_or_reply(struct request *r)
         .body_len = r->up_body_len,
         .headers = headers,
         .n_headers = nh,
+        .unix_socket = p->unix_socket, /* local providers: the engine's socket */
         .connect_ms = p->connect_timeout_ms,
         .first_byte_ms = p->first_byte_timeout_ms,
         .idle_ms = p->idle_timeout_ms,

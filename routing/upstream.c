@@ -292,6 +292,7 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
 
     CURL *e = x->easy;
     curl_easy_setopt(e, CURLOPT_URL, req->url);
+    if (req->unix_socket) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, req->unix_socket);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);

@@ -45,6 +45,7 @@ struct upstream_request {
     const char *body; /* POST body (must outlive the transfer), or NULL for GET */
     size_t body_len;
     const char *const *headers; /* "Name: value" lines, copied */
+    const char *unix_socket;    /* connect through this unix socket path, or NULL for TCP */
     size_t n_headers;
     unsigned connect_ms, first_byte_ms, idle_ms, total_ms; /* 0 = no limit */
 };
