@@ -9,7 +9,8 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/server.c gateway/server.h \
 	gateway/request.c gateway/request.h \
 	gateway/accesslog.c gateway/accesslog.h \
-	gateway/health.c gateway/health.h
+	gateway/health.c gateway/health.h \
+	gateway/supervisor.c gateway/supervisor.h
 libllmgate_gateway_a_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
 GATEWAY_LIBS = libllmgate_gateway.a $(ROUTING_LIBS) $(COMMON_LIBS) $(LIBEVENT_LIBS) $(OPENSSL_LIBS)
 

@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "gateway/accesslog.h"
 #include "gateway/config.h"
+#include "gateway/supervisor.h"
 #include "gateway/worker.h"
 #include "routing/upstream.h"
 
@@ -225,6 +226,12 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* Local engines start after the workers: until one serves, its requests fail over. */
+    struct supervisor *sup = NULL;
+    if (supervisor_start(d.base, d.cfg, &sup, err, sizeof err) != 0) {
+        fprintf(stderr, "llmgate: %s\n", err);
+        return 1;
+    }
     log_info("main", "llmgate %s serving http://%s:%u/v1 with %u worker(s), config %s",
              PACKAGE_VERSION, d.cfg->listen_address, port, n, d.config_path);
     event_base_dispatch(d.base);
@@ -233,6 +240,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < n; i++)
         worker_join(&d.gw.workers[i]);
     log_info("main", "all workers stopped; exiting");
+    supervisor_stop(sup); /* after the drain: in-flight engine requests have finished */
     event_free(hup);
     event_free(term);
     event_free(intr);

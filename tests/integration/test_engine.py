@@ -1,7 +1,9 @@
 """llmgate-engine on a unix socket, driven by the official openai SDK and httpx, with a tiny
 random-weight model made by `llmgate-engine mkmodel` in a temp dir. The model's text is noise;
 the tests check shapes, determinism, accounting, cancellation and overload refusal."""
+import os
 import re
+import signal
 import subprocess
 import threading
 
@@ -248,3 +250,63 @@ def test_overload_refused_with_429(tmp_mod, model_dir):
         assert e.metrics()["llmgate_engine_requests_total:429"] == results.count("engine_overloaded")
     finally:
         e.stop()
+
+
+# ---- the gateway's `local` provider: a supervised engine child -------------------------------------
+
+def engine_pids(gw):
+    return [int(p) for p in re.findall(r"engine local started \(pid (\d+)\)", gw.proc.output())]
+
+
+def test_gateway_local_provider_supervises_engine(tmp_mod, model_dir):
+    from conftest import Gateway, Mock
+    mock = Mock(tmp_mod)
+    sock = tmp_mod / "srv-gw-engine.sock"
+    gw = None
+    try:
+        gw = Gateway(tmp_mod, mock.url, name="srv-gw", extra_conf={
+            "providers": {"local": {"kind": "local", "base_url": "http://localhost/v1",
+                                    "socket": str(sock), "model_dir": str(model_dir),
+                                    "served_model": MODEL, "threads": 1,
+                                    "first_byte_timeout_ms": 30000}},
+            "models": {"local-chat": {"provider": "local", "model": MODEL}},
+        })
+        c = gw.client()
+
+        def chat():
+            try:
+                r = c.chat.completions.create(model="local-chat", messages=MSGS, max_tokens=12,
+                                              temperature=0)
+                return r
+            except (openai.APIStatusError, openai.APIConnectionError):
+                return None
+
+        r = wait_until(chat, "chat through the local engine")
+        assert r.usage.prompt_tokens > 0 and r.choices[0].finish_reason in ("stop", "length")
+        # the same as the engine answers directly
+        direct = openai.OpenAI(base_url="http://engine/v1", api_key="unused", max_retries=0,
+                               http_client=httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))))
+        d = direct.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=12, temperature=0)
+        assert d.choices[0].message.content == r.choices[0].message.content
+        s = c.chat.completions.create(model="local-chat", messages=MSGS, max_tokens=12,
+                                      temperature=0, stream=True)
+        assert stream_text(s)[0] == r.choices[0].message.content
+        # the mock is still a second provider
+        assert c.chat.completions.create(model="mock-model", messages=MSGS).choices[0].message.content
+
+        pids = engine_pids(gw)
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+        wait_until(lambda: len(engine_pids(gw)) == 2, "engine restarted")
+        r2 = wait_until(chat, "chat after the engine restart")
+        assert r2.choices[0].message.content == r.choices[0].message.content
+        assert "killed by signal 9" in gw.proc.output()
+        new_pid = engine_pids(gw)[1]
+    finally:
+        if gw:
+            rc = gw.proc.stop()
+            assert rc == 0, gw.proc.output()[-3000:]
+        mock.proc.stop()
+    # the engine went down with the gateway
+    wait_until(lambda: not os.path.exists(f"/proc/{new_pid}") or
+               open(f"/proc/{new_pid}/stat").read().split()[2] == "Z", "engine child stopped")
