@@ -639,7 +639,14 @@ int sched_step(struct sched *s)
         struct seq *q = s->waiting.v[0];
         int n = q->n_tokens - q->n_computed;
         if (n > budget) n = budget;
-        if (grow_blocks(s, q, q->n_computed + n) != 0) break;
+        if (grow_blocks(s, q, q->n_computed + n) != 0) {
+            if (s->running.n > 0) break; /* wait for blocks to come back */
+            /* Alone with the whole pool and still short: a preempted sequence that outgrew
+             * the pool. It cannot continue. */
+            list_remove_at(&s->waiting, 0);
+            seq_end(s, q, SCHED_FINISH_LENGTH, NULL);
+            continue;
+        }
         if (list_push(&s->running, q) != 0) {
             release_blocks(s, q);
             break;

@@ -298,6 +298,29 @@ static void test_preemption(void **state)
     assert_int_equal(o.reason, SCHED_FINISH_LENGTH);
     assert_int_equal(o.completion_tokens, 40 - 17 + 1);
     env_close(&e);
+
+    /* two of them in that pool: the newer one is preempted, both end with "length" and the
+     * tokens of an unconstrained run */
+    static struct out two[2], roomy;
+    memset(two, 0, sizeof two);
+    memset(&roomy, 0, sizeof roomy);
+    r.ud = &roomy;
+    run_alone(&r, &roomy, 1);
+    env_open(&e, 4, 10, 64, 0);
+    for (int i = 0; i < 2; i++) {
+        r.ud = &two[i];
+        submit_ok(e.s, &r);
+    }
+    assert_int_equal(sched_run_until_idle(e.s), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(two[i].reason, SCHED_FINISH_LENGTH);
+        assert_int_equal(two[i].n_tokens, 24);
+        assert_memory_equal(two[i].tokens, roomy.tokens, 24 * sizeof(int32_t));
+    }
+    struct sched_stats st2;
+    sched_get_stats(e.s, &st2);
+    assert_true(st2.preemptions > 0);
+    env_close(&e);
 }
 
 static void test_cancel(void **state)
