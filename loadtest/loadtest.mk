@@ -9,5 +9,5 @@ llmgate_loadgen_SOURCES = loadtest/loadgen.c loadtest/histogram.c loadtest/histo
 llmgate_loadgen_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS)
 llmgate_loadgen_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) -lm
 
-dist_noinst_SCRIPTS += loadtest/bench_proxy.sh
+dist_noinst_SCRIPTS += loadtest/bench_proxy.sh loadtest/bench_engine.sh
 EXTRA_DIST += loadtest/README.md

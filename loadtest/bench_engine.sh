@@ -3,11 +3,11 @@
 # (under $MODELS, default /tmp/llmgate-bench-models; never in the repository), runs
 # llmgate-bench-engine on each and writes the tables to loadtest/results/engine-cpu.md.
 #
-#   engine/tools/bench_engine.sh BUILDDIR [extra llmgate-bench-engine options]
+#   loadtest/bench_engine.sh BUILDDIR [extra llmgate-bench-engine options]
 set -eu
 build=${1:?usage: bench_engine.sh BUILDDIR [options]}
 shift
-src=$(cd "$(dirname "$0")/../.." && pwd)
+src=$(cd "$(dirname "$0")/.." && pwd)
 models=${MODELS:-/tmp/llmgate-bench-models}
 out=${OUT:-$src/loadtest/results/engine-cpu.md}
 mkdir -p "$models" "$(dirname "$out")"
@@ -26,7 +26,7 @@ trap 'rm -f "$tmp"' EXIT
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
-    echo "- command: \`engine/tools/bench_engine.sh BUILDDIR $*\`"
+    echo "- command: \`loadtest/bench_engine.sh BUILDDIR $*\`"
     echo
 } > "$tmp"
 for preset in smollm2-135m qwen2.5-0.5b; do
