@@ -8,6 +8,7 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/worker.c gateway/worker.h \
 	gateway/server.c gateway/server.h \
 	gateway/request.c gateway/request.h \
+	gateway/relay.c gateway/relay.h \
 	gateway/accesslog.c gateway/accesslog.h \
 	gateway/health.c gateway/health.h \
 	gateway/supervisor.c gateway/supervisor.h

@@ -1,92 +1,218 @@
-/* Proxying one OpenAI request to its upstream: the stages after parse and
- * authenticate, and the relay of the answer (buffered JSON or SSE events). */
+/* The request pipeline: creation, the ordered stages of each endpoint, async
+ * resumption, error replies, the client going away, and the end of a request
+ * (settle + access log + free). */
 #include "gateway/request.h"
 
-#include <cjson/cJSON.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
-#include <sys/queue.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#include "autoconf.h"
 #include "common/log.h"
-#include "common/sse.h"
 #include "common/util.h"
 #include "gateway/accesslog.h"
-#include "routing/router.h"
-#include "routing/upstream.h"
+#include "gateway/auth.h"
+#include "gateway/relay.h"
 
-#define MAX_UPSTREAM_BODY  (64u << 20)  /* buffered (non-streamed) upstream answers */
-#define MAX_SSE_EVENT      (4u << 20)   /* one upstream SSE event */
-#define OUT_HIGH_WATERMARK (256u << 10) /* client output above this pauses the upstream */
+/* ---------------------------------------------------------------- stages */
 
-/* States of a proxied request:
- *   UPSTREAM  - transfer running, nothing sent to the client (a failure can still
- *               become a clean HTTP error)
- *   STREAMING - SSE reply head sent; events are relayed as they arrive; a failure
- *               ends the stream with an error event
- * Both end in request_end(), which answers (if needed), logs and frees. */
-enum request_state { RS_UPSTREAM, RS_STREAMING };
+/* authenticate: before parsing, so a bad key never costs a JSON parse. */
+static enum stage_rc stage_authenticate(struct request *r)
+{
+    size_t klen = 0;
+    const char *key = auth_bearer_key(
+        evhttp_find_header(evhttp_request_get_input_headers(r->req), "Authorization"), &klen);
+    if (key && auth_key_valid(r->cfg, key, klen)) return STAGE_NEXT;
+    return request_fail(r, 401, "invalid_request_error", "invalid_api_key", NULL, "%s",
+                        key ? "Incorrect API key provided."
+                            : "You didn't provide an API key. Provide it in the Authorization "
+                              "header as 'Bearer YOUR_KEY'.");
+}
 
-struct request {
-    struct worker *w;
-    struct conn *conn;
-    struct evhttp_request *req;
-    struct config *cfg; /* snapshot this request started with */
-    char id[72];
-    const char *path;
-    struct oai_request oai;
-    struct route_target target;
-    char *up_body;
-    size_t up_body_len;
-    struct upstream_xfer *xfer;
-    enum request_state state;
-    long up_status;
-    bool up_sse;   /* upstream answered 200 text/event-stream */
-    bool saw_done; /* upstream sent data: [DONE] */
-    bool paused;   /* upstream paused for a slow client */
-    char retry_after[32];
-    struct sse_parser sse;
-    struct evbuffer *body;  /* buffered upstream body */
-    struct evbuffer *frame; /* SSE frames waiting to go to the client */
-    size_t bytes_in, bytes_out;
-    uint64_t t0_us, t_up_us, t_up_end_us;
-    int status;
-    const char *error; /* short code for the access log */
+/* parse: the body into a validated struct oai_request (400 naming the field). */
+static enum stage_rc stage_parse(struct request *r)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(r->req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    enum oai_endpoint ep = r->kind == REQ_CHAT          ? OAI_CHAT
+                           : r->kind == REQ_COMPLETIONS ? OAI_COMPLETIONS
+                                                        : OAI_EMBEDDINGS;
+    struct oai_error err;
+    r->bytes_in = len;
+    if (oai_request_parse(ep, body, len, &r->oai, &err) == 0) return STAGE_NEXT;
+    r->status = err.status;
+    r->error = "invalid_request";
+    server_reply_error(r->req, &err, r->id, r->w->draining);
+    request_end(r);
+    return STAGE_DONE;
+}
+
+/* route: the snapshot's target for the asked model; 404 when there is none. */
+static enum stage_rc stage_route(struct request *r)
+{
+    if (router_resolve(r->cfg, r->oai.model, &r->target) == 0) return STAGE_NEXT;
+    return request_fail(r, 404, "invalid_request_error", "model_not_found", "model",
+                        "The model `%.200s` does not exist or you do not have access to it.",
+                        r->oai.model);
+}
+
+/* GET /v1/models: the configured public model names. */
+static enum stage_rc stage_models_reply(struct request *r)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b)
+        return request_fail(r, 503, "server_error", "overloaded", NULL, "%s",
+                            "The gateway is out of memory.");
+    evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < r->cfg->n_models; i++) {
+        const struct model_conf *m = &r->cfg->models[i];
+        /* Model and provider names come from the validated config (no quotes there). */
+        evbuffer_add_printf(
+            b, "%s{\"id\":\"%s\",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
+            i ? "," : "", m->name, m->provider_name);
+    }
+    evbuffer_add_printf(b, "]}");
+    server_common_headers(r->req, r->id, r->w->draining);
+    r->status = 200;
+    r->bytes_out = evbuffer_get_length(b);
+    evhttp_send_reply(r->req, 200, "OK", b);
+    evbuffer_free(b);
+    request_end(r);
+    return STAGE_DONE;
+}
+
+/* The pipelines, in the order of ARCHITECTURE.md's request path. */
+static const request_stage_fn proxy_stages[] = {
+    stage_authenticate,
+    stage_parse,
+    stage_route,
+    relay_dispatch,
 };
+static const request_stage_fn models_stages[] = {
+    stage_authenticate,
+    stage_models_reply,
+};
+
+/* ---------------------------------------------------------------- pipeline */
+
+static void run(struct request *r)
+{
+    while (!r->finished && r->stage < r->n_stages) {
+        enum stage_rc rc = r->stages[r->stage](r);
+        if (rc != STAGE_NEXT) {
+            /* Waiting on something: watch for the client leaving meanwhile. */
+            if (rc == STAGE_ASYNC && !r->finished && !r->watching && r->conn) {
+                conn_watch(r->conn, r);
+                r->watching = true;
+            }
+            return;
+        }
+        r->stage++;
+    }
+}
+
+void request_resume(struct request *r)
+{
+    r->stage++;
+    run(r);
+}
+
+void request_start(struct worker *w, struct conn *c, struct evhttp_request *req,
+                   enum request_kind kind, const char *request_id, const char *method,
+                   const char *path, uint64_t t0_us)
+{
+    struct request *r = calloc(1, sizeof *r);
+    if (!r) {
+        struct oai_error e;
+        oai_error_set(&e, 503, "server_error", "overloaded", NULL, "%s",
+                      "The gateway is out of memory.");
+        server_reply_error(req, &e, request_id, true);
+        return;
+    }
+    r->w = w;
+    r->conn = c;
+    r->req = req;
+    r->cfg = config_ref(w->cfg);
+    r->kind = kind;
+    util_strlcpy(r->id, request_id, sizeof r->id);
+    r->method = method;
+    r->path = path;
+    r->t0_us = t0_us;
+    r->refs = 1;
+    w->active++;
+    if (c) c->active = r;
+    if (kind == REQ_MODELS) {
+        r->stages = models_stages;
+        r->n_stages = (int)ARRAY_LEN(models_stages);
+    } else {
+        r->stages = proxy_stages;
+        r->n_stages = (int)ARRAY_LEN(proxy_stages);
+    }
+    if (relay_init(r) != 0) {
+        request_fail(r, 503, "server_error", "overloaded", NULL, "%s",
+                     "The gateway is out of memory.");
+        return;
+    }
+    run(r);
+}
+
+enum stage_rc request_fail(struct request *r, int status, const char *type, const char *code,
+                           const char *param, const char *fmt, ...)
+{
+    struct oai_error e;
+    char msg[sizeof e.message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    oai_error_set(&e, status, type, code, param, "%s", msg);
+    r->status = status;
+    r->error = code;
+    server_reply_error(r->req, &e, r->id, r->w->draining);
+    request_end(r);
+    return STAGE_DONE;
+}
+
+/* ---------------------------------------------------------------- end */
 
 static void request_free(struct request *r)
 {
-    if (r->xfer) upstream_cancel(r->xfer);
-    sse_parser_free(&r->sse);
-    if (r->body) evbuffer_free(r->body);
-    if (r->frame) evbuffer_free(r->frame);
-    free(r->up_body);
+    relay_free(r);
     oai_request_free(&r->oai);
     config_unref(r->cfg);
     free(r);
 }
 
-/* Logs, detaches from the connection and frees. The evhttp request must have
- * been completed (or handed back to evhttp) by the caller. */
-static void request_end(struct request *r)
+void request_hold(struct request *r)
 {
+    r->refs++;
+}
+
+void request_release(struct request *r)
+{
+    if (--r->refs == 0) request_free(r);
+}
+
+void request_end(struct request *r)
+{
+    if (r->finished) return;
+    r->finished = true;
     struct worker *w = r->w;
+    relay_cancel(r);
     if (r->conn) {
-        conn_unwatch(r->conn);
+        if (r->watching) conn_unwatch(r->conn);
         r->conn->active = NULL;
+        r->conn = NULL;
     }
     uint64_t now = util_now_us();
     struct accesslog_entry e = {
         .ts_ms = util_wall_ms(),
         .request_id = r->id,
-        .method = "POST",
+        .method = r->method,
         .path = r->path,
         .status = r->status,
         .model = r->oai.model,
@@ -101,425 +227,9 @@ static void request_end(struct request *r)
         .error = r->error,
     };
     accesslog_write(&e);
-    request_free(r);
+    r->req = NULL; /* completed or handed back to evhttp: never touched again */
+    request_release(r);
     worker_request_done(w);
-}
-
-/* Answers with an OpenAI-shaped error before anything else was sent. */
-static void fail_before_reply(struct request *r, int status, const char *type, const char *code,
-                              const char *fmt, const char *detail)
-{
-    struct oai_error e;
-    oai_error_set(&e, status, type, code, NULL, fmt, detail ? detail : "");
-    r->status = status;
-    r->error = code;
-    server_reply_error(r->req, &e, r->id, r->w->draining);
-    request_end(r);
-}
-
-/* ---------------------------------------------------------------- SSE relay */
-
-static void on_client_drained(struct evhttp_connection *evcon, void *arg)
-{
-    (void)evcon;
-    struct request *r = arg;
-    if (r->paused && r->xfer) {
-        r->paused = false;
-        upstream_resume(r->xfer);
-    }
-}
-
-static void start_stream_reply(struct request *r)
-{
-    struct evhttp_request *req = r->req;
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    server_common_headers(req, r->id, r->w->draining);
-    evhttp_remove_header(h, "Content-Type");
-    evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
-    evhttp_add_header(h, "Cache-Control", "no-cache");
-    evhttp_add_header(h, "X-Accel-Buffering", "no");
-    evhttp_send_reply_start(req, 200, "OK");
-    r->state = RS_STREAMING;
-    r->status = 200;
-    /* evhttp's one timeout would also cut a stream whose client is silent
-     * (libevent #715): no read timeout from here, only a write timeout. */
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    if (evcon) {
-        struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-        struct timeval wt = {.tv_sec = r->cfg->write_timeout_ms / 1000,
-                             .tv_usec = (r->cfg->write_timeout_ms % 1000) * 1000};
-        bufferevent_set_timeouts(bev, NULL, &wt);
-    }
-}
-
-/* Sends pending frames; returns 1 when the client's output is above the high
- * watermark (the caller pauses the upstream). */
-static int flush_frames(struct request *r)
-{
-    size_t n = evbuffer_get_length(r->frame);
-    if (n == 0) return 0;
-    if (r->state != RS_STREAMING) start_stream_reply(r);
-    r->bytes_out += n;
-    evhttp_send_reply_chunk_with_cb(r->req, r->frame, on_client_drained, r);
-    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
-    if (!evcon) return 0;
-    struct evbuffer *out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
-    return evbuffer_get_length(out) > OUT_HIGH_WATERMARK;
-}
-
-static int on_sse_event(void *ud, const struct sse_event *ev)
-{
-    struct request *r = ud;
-    if (r->saw_done) return 0; /* nothing after [DONE] */
-    if (sse_is_done(ev)) {
-        r->saw_done = true;
-    } else {
-        /* A chunk the client's SDK could not parse ends the stream as an error. */
-        cJSON *doc = cJSON_ParseWithLength(ev->data, ev->data_len);
-        bool ok = cJSON_IsObject(doc);
-        cJSON_Delete(doc);
-        if (!ok) {
-            r->error = "upstream_malformed";
-            return 1;
-        }
-    }
-    if (ev->event_len && !(ev->event_len == 7 && memcmp(ev->event, "message", 7) == 0)) {
-        evbuffer_add(r->frame, "event: ", 7);
-        evbuffer_add(r->frame, ev->event, ev->event_len);
-        evbuffer_add(r->frame, "\n", 1);
-    }
-    /* A multi-line data field goes out as several data: lines. */
-    const char *p = ev->data, *end = ev->data + ev->data_len;
-    do {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *stop = nl ? nl : end;
-        evbuffer_add(r->frame, "data: ", 6);
-        evbuffer_add(r->frame, p, (size_t)(stop - p));
-        evbuffer_add(r->frame, "\n", 1);
-        p = nl ? nl + 1 : end;
-    } while (p < end);
-    evbuffer_add(r->frame, "\n", 1);
-    return 0;
-}
-
-static void stream_error_event(struct request *r, const char *type, const char *code,
-                               const char *msg)
-{
-    struct oai_error e;
-    char json[512];
-    oai_error_set(&e, 502, type, code, NULL, "%s", msg);
-    int n = oai_error_render(&e, json, sizeof json);
-    if (n > 0) {
-        evbuffer_add(r->frame, "event: error\ndata: ", 19);
-        evbuffer_add(r->frame, json, (size_t)n);
-        evbuffer_add(r->frame, "\n\n", 2);
-    }
-    flush_frames(r);
-}
-
-/* ---------------------------------------------------------------- upstream callbacks */
-
-static int on_up_head(void *ud, struct upstream_xfer *x, long status)
-{
-    struct request *r = ud;
-    r->up_status = status;
-    const char *ct = upstream_header(x, "content-type");
-    r->up_sse =
-        status == 200 && r->oai.stream && ct && strncasecmp(ct, "text/event-stream", 17) == 0;
-    const char *ra = upstream_header(x, "retry-after");
-    if (ra) util_strlcpy(r->retry_after, ra, sizeof r->retry_after);
-    return 0;
-}
-
-static enum upstream_data_rc on_up_data(void *ud, const char *data, size_t len)
-{
-    struct request *r = ud;
-    if (!r->up_sse) {
-        if (evbuffer_get_length(r->body) + len > MAX_UPSTREAM_BODY) {
-            r->error = "upstream_too_large";
-            return UPSTREAM_ABORT;
-        }
-        evbuffer_add(r->body, data, len);
-        return UPSTREAM_CONTINUE;
-    }
-    int rc = sse_parser_feed(&r->sse, data, len);
-    if (rc != 0) {
-        if (rc < 0) r->error = "upstream_bad_sse";
-        flush_frames(r); /* the events before the bad one */
-        return UPSTREAM_ABORT;
-    }
-    if (flush_frames(r)) {
-        r->paused = true;
-        return UPSTREAM_PAUSE;
-    }
-    return UPSTREAM_CONTINUE;
-}
-
-static bool is_timeout(enum upstream_result res)
-{
-    return res == UPSTREAM_ERR_TIMEOUT_CONNECT || res == UPSTREAM_ERR_TIMEOUT_FIRST_BYTE ||
-           res == UPSTREAM_ERR_TIMEOUT_IDLE || res == UPSTREAM_ERR_TIMEOUT_TOTAL;
-}
-
-static void finish_stream(struct request *r, enum upstream_result res, const char *detail)
-{
-    bool truncated = sse_parser_finish(&r->sse) != 0;
-    if (res == UPSTREAM_OK && r->saw_done && !truncated) {
-        flush_frames(r);
-        evhttp_send_reply_end(r->req);
-        request_end(r);
-        return;
-    }
-    const char *code, *msg;
-    if (is_timeout(res)) {
-        code = "upstream_timeout";
-        msg = "The upstream provider timed out while streaming the response.";
-    } else if (res == UPSTREAM_OK) {
-        code = "upstream_incomplete";
-        msg = "The upstream provider ended the stream without [DONE].";
-    } else if (r->error && strcmp(r->error, "upstream_malformed") == 0) {
-        code = r->error;
-        msg = "The upstream provider sent a malformed stream event.";
-    } else {
-        code = r->error ? r->error : "upstream_error";
-        msg = "The upstream provider's stream broke off.";
-    }
-    if (r->state != RS_STREAMING) {
-        /* Nothing reached the client yet: still a clean HTTP error. */
-        fail_before_reply(r, is_timeout(res) ? 504 : 502,
-                          is_timeout(res) ? "timeout" : "upstream_error", code, "%s", msg);
-        return;
-    }
-    log_info("request", "%s: stream from %s ended with %s (%s)", r->id, r->target.provider->name,
-             code, detail);
-    r->error = code;
-    r->status = 200;
-    stream_error_event(r, is_timeout(res) ? "timeout" : "upstream_error", code, msg);
-    evhttp_send_reply_end(r->req);
-    request_end(r);
-}
-
-/* A buffered upstream answer becomes the client's answer. */
-static void finish_buffered(struct request *r)
-{
-    size_t len = evbuffer_get_length(r->body);
-    const char *body = (const char *)evbuffer_pullup(r->body, -1);
-    cJSON *doc = len ? cJSON_ParseWithLength(body, len) : NULL;
-    bool is_error_shape = doc && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(doc, "error"));
-    bool ok_json = doc && cJSON_IsObject(doc);
-    cJSON_Delete(doc);
-
-    if (r->up_status == 200) {
-        if (r->oai.stream) {
-            fail_before_reply(
-                r, 502, "upstream_error", "upstream_not_streaming", "%s",
-                "The upstream provider answered a streaming request without a stream.");
-            return;
-        }
-        if (!ok_json) {
-            fail_before_reply(r, 502, "upstream_error", "upstream_malformed", "%s",
-                              "The upstream provider returned a malformed response.");
-            return;
-        }
-    } else if (r->up_status >= 500 || r->up_status < 400 || !is_error_shape) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "The upstream provider returned HTTP %ld.", r->up_status);
-        fail_before_reply(r, 502, "upstream_error", "upstream_error", "%s", msg);
-        return;
-    }
-    /* 200 JSON, or an OpenAI-shaped 4xx (429 included) the client should see as is. */
-    int status = (int)r->up_status;
-    server_common_headers(r->req, r->id, r->w->draining);
-    if (status == 429 && r->retry_after[0])
-        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", r->retry_after);
-    r->status = status;
-    if (status != 200) r->error = "upstream_status";
-    r->bytes_out = len;
-    evhttp_send_reply(r->req, status, server_reason_phrase(status), r->body);
-    request_end(r);
-}
-
-static void on_up_done(void *ud, enum upstream_result res, const char *detail)
-{
-    struct request *r = ud;
-    r->xfer = NULL;
-    r->t_up_end_us = util_now_us();
-    if (r->up_sse) {
-        finish_stream(r, res, detail);
-        return;
-    }
-    if (res != UPSTREAM_OK) {
-        log_info("request", "%s: upstream %s failed: %s (%s)", r->id, r->target.provider->name,
-                 upstream_result_str(res), detail);
-        if (is_timeout(res))
-            fail_before_reply(r, 504, "timeout", "upstream_timeout",
-                              "The upstream provider timed out (%s).", upstream_result_str(res));
-        else if (r->error && strcmp(r->error, "upstream_too_large") == 0)
-            fail_before_reply(r, 502, "upstream_error", "upstream_too_large", "%s",
-                              "The upstream provider's response was too large.");
-        else
-            fail_before_reply(r, 502, "upstream_error",
-                              res == UPSTREAM_ERR_CONNECT ? "upstream_unreachable"
-                                                          : "upstream_error",
-                              "The upstream provider could not be reached or failed (%s).",
-                              upstream_result_str(res));
-        return;
-    }
-    finish_buffered(r);
-}
-
-static const struct upstream_callbacks up_callbacks = {
-    .on_head = on_up_head,
-    .on_data = on_up_data,
-    .on_done = on_up_done,
-};
-
-/* ---------------------------------------------------------------- stages */
-
-static const char *endpoint_suffix(enum oai_endpoint ep)
-{
-    switch (ep) {
-    case OAI_CHAT: return "/chat/completions";
-    case OAI_COMPLETIONS: return "/completions";
-    case OAI_EMBEDDINGS: return "/embeddings";
-    }
-    return "";
-}
-
-/* route: the snapshot's mapping for the asked model; 404 when there is none. */
-static int stage_route_or_reply(struct request *r)
-{
-    if (router_resolve(r->cfg, r->oai.model, &r->target) == 0) return 0;
-    struct oai_error e;
-    oai_error_set(&e, 404, "invalid_request_error", "model_not_found", "model",
-                  "The model `%.200s` does not exist or you do not have access to it.",
-                  r->oai.model);
-    r->status = 404;
-    r->error = "model_not_found";
-    server_reply_error(r->req, &e, r->id, r->w->draining);
-    request_end(r);
-    return -1;
-}
-
-#define MAX_FORWARDED 32
-
-/* Whether header name is in the provider's forward_headers list ("a, b-*"). */
-static bool forward_match(const char *list, const char *name)
-{
-    size_t nlen = strlen(name);
-    for (const char *s = list; *s;) {
-        while (*s == ' ' || *s == ',')
-            s++;
-        const char *start = s;
-        while (*s && *s != ',' && *s != ' ')
-            s++;
-        size_t n = (size_t)(s - start);
-        if (n == 0) break;
-        if (start[n - 1] == '*' ? nlen >= n - 1 && strncasecmp(start, name, n - 1) == 0
-                                : nlen == n && strncasecmp(start, name, n) == 0)
-            return true;
-    }
-    return false;
-}
-
-/* dispatch: render the upstream body and start the transfer. */
-static int stage_dispatch_or_reply(struct request *r)
-{
-    const struct provider_conf *p = r->target.provider;
-    r->up_body = oai_request_render(&r->oai, r->target.upstream_model, &r->up_body_len);
-    char url[2048];
-    int n = snprintf(url, sizeof url, "%s%s", p->base_url, endpoint_suffix(r->oai.endpoint));
-    if (!r->up_body || n <= 0 || (size_t)n >= sizeof url) {
-        fail_before_reply(r, 500, "server_error", "internal_error", "%s",
-                          "The gateway could not build the upstream request.");
-        return -1;
-    }
-    char auth[600], rid[96];
-    const char *headers[5 + MAX_FORWARDED];
-    char *fwd[MAX_FORWARDED];
-    size_t nh = 0, nfwd = 0;
-    headers[nh++] = "Content-Type: application/json";
-    headers[nh++] = r->oai.stream ? "Accept: text/event-stream" : "Accept: application/json";
-    headers[nh++] = "User-Agent: llmgate/" PACKAGE_VERSION;
-    snprintf(rid, sizeof rid, "x-request-id: %s", r->id);
-    headers[nh++] = rid;
-    if (p->api_key) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->api_key);
-        headers[nh++] = auth;
-    }
-    if (p->forward_headers) {
-        struct evkeyval *kv;
-        TAILQ_FOREACH(kv, evhttp_request_get_input_headers(r->req), next)
-        {
-            if (nfwd == MAX_FORWARDED || !forward_match(p->forward_headers, kv->key)) continue;
-            size_t need = strlen(kv->key) + strlen(kv->value) + 3;
-            if (!(fwd[nfwd] = malloc(need))) break;
-            snprintf(fwd[nfwd], need, "%s: %s", kv->key, kv->value);
-            headers[nh++] = fwd[nfwd++];
-        }
-    }
-    struct upstream_request ureq = {
-        .url = url,
-        .body = r->up_body,
-        .body_len = r->up_body_len,
-        .headers = headers,
-        .n_headers = nh,
-        .unix_socket = p->unix_socket, /* local providers: the engine's socket */
-        .connect_ms = p->connect_timeout_ms,
-        .first_byte_ms = p->first_byte_timeout_ms,
-        .idle_ms = p->idle_timeout_ms,
-        .total_ms = p->total_timeout_ms,
-    };
-    r->t_up_us = util_now_us();
-    r->xfer = upstream_start(r->w->up, &ureq, &up_callbacks, r);
-    if (p->api_key) memset(auth, 0, sizeof auth);
-    for (size_t i = 0; i < nfwd; i++)
-        free(fwd[i]);
-    if (!r->xfer) {
-        fail_before_reply(r, 500, "server_error", "internal_error", "%s",
-                          "The gateway could not start the upstream request.");
-        return -1;
-    }
-    return 0;
-}
-
-void request_proxy(struct worker *w, struct conn *c, struct evhttp_request *req,
-                   const char *request_id, const char *path, struct oai_request *oai,
-                   uint64_t t0_us, size_t bytes_in)
-{
-    struct request *r = calloc(1, sizeof *r);
-    if (!r) {
-        struct oai_error e;
-        oai_error_set(&e, 503, "server_error", "overloaded", NULL, "%s",
-                      "The gateway is out of memory.");
-        server_reply_error(req, &e, request_id, true);
-        oai_request_free(oai);
-        return;
-    }
-    r->w = w;
-    r->conn = c;
-    r->req = req;
-    r->cfg = config_ref(w->cfg);
-    util_strlcpy(r->id, request_id, sizeof r->id);
-    r->path = path;
-    r->oai = *oai;
-    memset(oai, 0, sizeof *oai);
-    r->t0_us = t0_us;
-    r->bytes_in = bytes_in;
-    r->state = RS_UPSTREAM;
-    r->body = evbuffer_new();
-    r->frame = evbuffer_new();
-    sse_parser_init(&r->sse, MAX_SSE_EVENT, on_sse_event, r);
-    w->active++;
-    c->active = r;
-    if (!r->body || !r->frame) {
-        fail_before_reply(r, 503, "server_error", "overloaded", "%s",
-                          "The gateway is out of memory.");
-        return;
-    }
-    if (stage_route_or_reply(r) != 0) return;
-    if (stage_dispatch_or_reply(r) != 0) return;
-    conn_watch(c, r);
 }
 
 struct evhttp_request *request_evreq(const struct request *r)
@@ -530,17 +240,13 @@ struct evhttp_request *request_evreq(const struct request *r)
 void request_client_gone(struct request *r, enum client_gone how)
 {
     log_debug("request", "%s: client went away", r->id);
-    if (r->xfer) {
-        upstream_cancel(r->xfer);
-        r->xfer = NULL;
-        r->t_up_end_us = util_now_us();
-    }
+    relay_cancel(r);
     r->error = "client_closed";
     r->status = 499; /* nginx's "client closed request", for the log */
     if (how == GONE_PEER_CLOSED) {
         /* The socket is half-closed by the peer: complete the exchange so evhttp
          * writes, fails and frees the connection itself (never free it here). */
-        if (r->state == RS_STREAMING) {
+        if (relay_started(r)) {
             evhttp_send_reply_end(r->req);
         } else {
             evhttp_add_header(evhttp_request_get_output_headers(r->req), "Connection", "close");

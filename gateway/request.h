@@ -1,29 +1,115 @@
-/* The proxy request lifecycle: route, dispatch upstream, relay (buffered or
- * SSE), settle. One struct request per client request; it lives and dies on
- * its worker's thread. */
+/* The request pipeline: one struct request per client request, carried through
+ * an ordered list of stages (authenticate, parse, route, ..., dispatch). Each
+ * stage continues, answers the client, or starts asynchronous work and resumes
+ * the pipeline when it completes. A request lives and dies on its worker's
+ * thread. */
 #ifndef LLMGATE_GATEWAY_REQUEST_H
 #define LLMGATE_GATEWAY_REQUEST_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/sse.h"
 #include "gateway/openai.h"
 #include "gateway/server.h"
+#include "routing/router.h"
 
 struct evhttp_request;
+struct evbuffer;
+struct upstream_xfer;
 
-/* Runs the proxy stages for an authenticated request whose body parsed into
- * *oai (ownership of oai's contents passes here). Always answers the client,
- * now or later. */
-void request_proxy(struct worker *w, struct conn *c, struct evhttp_request *req,
-                   const char *request_id, const char *path, struct oai_request *oai,
-                   uint64_t t0_us, size_t bytes_in);
+/* What a stage did. */
+enum stage_rc {
+    STAGE_NEXT,  /* done; run the next stage now */
+    STAGE_ASYNC, /* work in flight; its completion calls request_resume() or ends the request */
+    STAGE_DONE,  /* the request was answered (request_fail / a reply + request_end) */
+};
+
+/* Which pipeline a request runs. */
+enum request_kind { REQ_CHAT, REQ_COMPLETIONS, REQ_EMBEDDINGS, REQ_MODELS };
+
+/* Relay states of a dispatched request:
+ *   UPSTREAM  - transfer running, nothing sent to the client (a failure can still
+ *               become a clean HTTP error)
+ *   STREAMING - SSE reply head sent; events are relayed as they arrive; a failure
+ *               ends the stream with an error event */
+enum relay_state { RS_UPSTREAM, RS_STREAMING };
+
+struct request;
+typedef enum stage_rc (*request_stage_fn)(struct request *r);
+
+struct request {
+    struct worker *w;
+    struct conn *conn;
+    struct evhttp_request *req;
+    struct config *cfg; /* snapshot this request started with (one reference) */
+    enum request_kind kind;
+    char id[72];
+    const char *method, *path;
+    uint64_t t0_us;
+    size_t bytes_in, bytes_out;
+
+    /* pipeline */
+    const request_stage_fn *stages;
+    int n_stages, stage;
+    int refs;      /* the pipeline's own + one per async operation in flight */
+    bool finished; /* answered and logged; async holders only release */
+    bool watching; /* the connection's close watch is armed */
+
+    /* parse / route */
+    struct oai_request oai;
+    struct route_target target;
+
+    /* dispatch and relay (gateway/relay.c) */
+    char *up_body;
+    size_t up_body_len;
+    struct upstream_xfer *xfer;
+    enum relay_state state;
+    long up_status;
+    bool up_sse;   /* upstream answered 200 text/event-stream */
+    bool saw_done; /* upstream sent data: [DONE] */
+    bool paused;   /* upstream paused for a slow client */
+    char retry_after[32];
+    struct sse_parser sse;
+    struct evbuffer *body;  /* buffered upstream body */
+    struct evbuffer *frame; /* SSE frames waiting to go to the client */
+    uint64_t t_up_us, t_up_end_us;
+
+    /* outcome, for the access log */
+    int status;
+    const char *error; /* short code */
+};
+
+/* Creates the request for an endpoint and runs its pipeline; always answers the
+ * client, now or later. */
+void request_start(struct worker *w, struct conn *c, struct evhttp_request *req,
+                   enum request_kind kind, const char *request_id, const char *method,
+                   const char *path, uint64_t t0_us);
+/* Continues the pipeline after a stage that returned STAGE_ASYNC. */
+void request_resume(struct request *r);
+/* Answers with an OpenAI-shaped error (nothing may have been sent yet) and ends
+ * the request. Always returns STAGE_DONE so stages can `return request_fail(...)`. */
+enum stage_rc request_fail(struct request *r, int status, const char *type, const char *code,
+                           const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* Logs, settles and releases the pipeline's reference. The evhttp request must
+ * have been completed (or handed back to evhttp) by the caller. */
+void request_end(struct request *r);
+/* An async operation keeps r alive across its callback; in the callback, check
+ * r->finished first and release either way. */
+void request_hold(struct request *r);
+void request_release(struct request *r);
+
 /* How the client went away, which decides who completes the evhttp request. */
 enum client_gone {
     GONE_PEER_CLOSED, /* our EV_CLOSED watch fired; evhttp still holds the request */
     GONE_DETACHED,    /* evhttp dropped the connection and detached the request: ours to complete */
     GONE_EVHTTP_FREES /* the connection is being freed with the request on it (shutdown) */
 };
-/* The evhttp request a proxied request answers. */
-struct evhttp_request *request_evreq(const struct request *r);
-/* The client went away: cancel the upstream transfer and finish. */
+/* The client went away: stop all work for r and finish. */
 void request_client_gone(struct request *r, enum client_gone how);
+/* The evhttp request a request answers. */
+struct evhttp_request *request_evreq(const struct request *r);
 
 #endif

@@ -180,40 +180,21 @@ static void handle_readyz(struct worker *w, struct evhttp_request *req, const ch
                w->draining);
 }
 
-static void handle_models(struct worker *w, struct evhttp_request *req, const char *rid)
-{
-    struct evbuffer *b = evbuffer_new();
-    if (!b)
-        return send_error(req, rid, true, 503, "server_error", "overloaded", NULL,
-                          "Out of memory.");
-    evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[");
-    for (size_t i = 0; i < w->cfg->n_models; i++) {
-        const struct model_conf *m = &w->cfg->models[i];
-        /* Model and provider names come from the validated config (no quotes allowed there). */
-        evbuffer_add_printf(
-            b, "%s{\"id\":\"%s\",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
-            i ? "," : "", m->name, m->provider_name);
-    }
-    evbuffer_add_printf(b, "]}");
-    server_common_headers(req, rid, w->draining);
-    evhttp_send_reply(req, 200, "OK", b);
-    evbuffer_free(b);
-}
-
-enum route_kind { EP_HEALTHZ, EP_READYZ, EP_MODELS, EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS };
+/* Probes are answered here; everything else runs a request pipeline. */
+enum endpoint_kind { EP_HEALTHZ, EP_READYZ, EP_PIPELINE };
 
 static const struct endpoint {
     const char *path;
     enum evhttp_cmd_type method;
-    enum route_kind kind;
-    bool needs_auth;
+    enum endpoint_kind kind;
+    enum request_kind pipeline;
 } endpoints[] = {
-    {"/healthz", EVHTTP_REQ_GET, EP_HEALTHZ, false},
-    {"/readyz", EVHTTP_REQ_GET, EP_READYZ, false},
-    {"/v1/models", EVHTTP_REQ_GET, EP_MODELS, true},
-    {"/v1/chat/completions", EVHTTP_REQ_POST, EP_CHAT, true},
-    {"/v1/completions", EVHTTP_REQ_POST, EP_COMPLETIONS, true},
-    {"/v1/embeddings", EVHTTP_REQ_POST, EP_EMBEDDINGS, true},
+    {"/healthz", EVHTTP_REQ_GET, EP_HEALTHZ, 0},
+    {"/readyz", EVHTTP_REQ_GET, EP_READYZ, 0},
+    {"/v1/models", EVHTTP_REQ_GET, EP_PIPELINE, REQ_MODELS},
+    {"/v1/chat/completions", EVHTTP_REQ_POST, EP_PIPELINE, REQ_CHAT},
+    {"/v1/completions", EVHTTP_REQ_POST, EP_PIPELINE, REQ_COMPLETIONS},
+    {"/v1/embeddings", EVHTTP_REQ_POST, EP_PIPELINE, REQ_EMBEDDINGS},
 };
 
 static const char *method_name(enum evhttp_cmd_type m)
@@ -319,44 +300,12 @@ static void on_request(struct evhttp_request *req, void *arg)
     if (ep->kind == EP_HEALTHZ) return handle_healthz(w, req, rid);
     if (ep->kind == EP_READYZ) return handle_readyz(w, req, rid);
 
-    /* authenticate */
-    if (ep->needs_auth) {
-        size_t klen = 0;
-        const char *key = auth_bearer_key(
-            evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"), &klen);
-        if (!key || !auth_key_valid(w->cfg, key, klen)) {
-            send_error(req, rid, close_conn, 401, "invalid_request_error", "invalid_api_key", NULL,
-                       key ? "Incorrect API key provided."
-                           : "You didn't provide an API key. Provide it in the Authorization "
-                             "header as 'Bearer YOUR_KEY'.");
-            return log_simple(rid, mname, path, 401, t0, 0, "invalid_api_key");
-        }
-    }
-    if (ep->kind == EP_MODELS) {
-        handle_models(w, req, rid);
-        return log_simple(rid, mname, path, 200, t0, 0, NULL);
-    }
-
-    /* parse */
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    enum oai_endpoint oep = ep->kind == EP_CHAT          ? OAI_CHAT
-                            : ep->kind == EP_COMPLETIONS ? OAI_COMPLETIONS
-                                                         : OAI_EMBEDDINGS;
-    struct oai_request oai;
-    struct oai_error err;
-    if (oai_request_parse(oep, body, len, &oai, &err) != 0) {
-        server_reply_error(req, &err, rid, close_conn);
-        return log_simple(rid, mname, path, err.status, t0, len, "invalid_request");
-    }
     if (!c) {
-        oai_request_free(&oai);
         send_error(req, rid, true, 503, "server_error", "overloaded", NULL,
                    "The gateway is out of memory.");
-        return log_simple(rid, mname, path, 503, t0, len, "overloaded");
+        return log_simple(rid, mname, path, 503, t0, 0, "overloaded");
     }
-    request_proxy(w, c, req, rid, ep->path, &oai, t0, len);
+    request_start(w, c, req, ep->pipeline, rid, mname, ep->path, t0);
 }
 
 /* ---------------------------------------------------------------- evhttp's own error pages */
