@@ -12,8 +12,8 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/accesslog.c gateway/accesslog.h \
 	gateway/health.c gateway/health.h \
 	gateway/supervisor.c gateway/supervisor.h
-libllmgate_gateway_a_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
-GATEWAY_LIBS = libllmgate_gateway.a $(ROUTING_LIBS) $(COMMON_LIBS) $(LIBEVENT_LIBS) $(OPENSSL_LIBS)
+libllmgate_gateway_a_CFLAGS = $(AM_CFLAGS) $(HIREDIS_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
+GATEWAY_LIBS = libllmgate_gateway.a $(ROUTING_LIBS) $(CACHE_LIBS) $(COMMON_LIBS) $(LIBEVENT_LIBS) $(OPENSSL_LIBS)
 
 bin_PROGRAMS += llmgate
 llmgate_SOURCES = gateway/main.c

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cache/redis.h"
 #include "common/log.h"
 #include "gateway/health.h"
 #include "gateway/server.h"
@@ -115,7 +116,11 @@ int worker_init(struct worker *w, struct gateway *gw, unsigned index, struct con
     }
     w->wake = event_new(w->base, -1, EV_PERSIST, on_wake, w);
     w->up = upstream_new(w->base, max_host_conns(cfg));
-    if (!w->wake || !w->up) {
+    char rname[32];
+    snprintf(rname, sizeof rname, "worker %u", index);
+    struct redis_options ro = {.host = cfg->redis_address, .port = cfg->redis_port, .name = rname};
+    w->redis = redis_new(w->base, &ro);
+    if (!w->wake || !w->up || !w->redis) {
         snprintf(err, errlen, "cannot create the worker's event or upstream client");
         return -1;
     }
@@ -168,6 +173,7 @@ void worker_join(struct worker *w)
      * cancelled through the close callbacks while the upstream client is alive. */
     server_free(w);
     upstream_free(w->up);
+    redis_free(w->redis);
     if (w->drain_timer) event_free(w->drain_timer);
     if (w->wake) event_free(w->wake);
     if (w->base) event_base_free(w->base);

@@ -24,6 +24,7 @@ struct worker {
     struct evhttp_bound_socket *bound;
     evutil_socket_t listen_fd;
     struct upstream *up;
+    struct redis *redis;  /* this worker's Redis connection (cache/redis.h) */
     struct config *cfg;   /* this worker's snapshot (one reference) */
     struct event *wake;   /* made active by other threads */
     struct event *health; /* worker 0 only: upstream probe timer */
