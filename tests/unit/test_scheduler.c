@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static char g_dir[64];
 static struct model *g_model;
@@ -66,6 +67,8 @@ struct out {
     int prompt_tokens, completion_tokens;
     pthread_mutex_t *mu; /* threaded tests */
     pthread_cond_t *cv;
+    int hold_after_first; /* threaded cancel: the scheduler thread waits here after a token */
+    int released;         /* ...until the test thread has issued its cancel */
 };
 
 static void on_event(void *ud, const struct sched_event *ev)
@@ -84,8 +87,12 @@ static void on_event(void *ud, const struct sched_event *ev)
         o->reason = ev->reason;
         o->prompt_tokens = ev->prompt_tokens;
         o->completion_tokens = ev->completion_tokens;
-        if (o->cv) pthread_cond_broadcast(o->cv);
     }
+    if (o->cv) pthread_cond_broadcast(o->cv);
+    /* Blocking the scheduler thread here makes the cross-thread cancel deterministic:
+     * it is queued before the next step, however loaded the machine is. */
+    while (o->hold_after_first && !o->released && !o->finished)
+        pthread_cond_wait(o->cv, o->mu);
     if (o->mu) pthread_mutex_unlock(o->mu);
 }
 
@@ -369,21 +376,27 @@ static void test_cancel(void **state)
     env_open(&e, 16, 64, 64, 0);
     char err[256];
     assert_int_equal(sched_start(e.s, err, sizeof err), 0);
-    struct out t = {.mu = &mu, .cv = &cv};
+    struct out t = {.mu = &mu, .cv = &cv, .hold_after_first = 1};
     greedy_req(&r, prompt, 30, 0, &t); /* no max_tokens: up to the context window */
     uint64_t idt = submit_ok(e.s, &r);
     pthread_mutex_lock(&mu);
-    while (t.n_tokens < 3) {
-        pthread_mutex_unlock(&mu);
-        sched_cancel(e.s, idt); /* may land before any token: fine either way */
-        pthread_mutex_lock(&mu);
-        break;
-    }
+    while (t.n_tokens < 1 && !t.finished)
+        pthread_cond_wait(&cv, &mu);
+    sched_cancel(e.s, idt); /* the scheduler thread is parked in the callback */
+    t.released = 1;
+    pthread_cond_broadcast(&cv);
     while (!t.finished)
         pthread_cond_wait(&cv, &mu);
     pthread_mutex_unlock(&mu);
     assert_int_equal(t.reason, SCHED_FINISH_CANCELLED);
     assert_true(t.n_tokens < 2048 - 30);
+    /* Stats are published at the end of the scheduler thread's step: wait for that one. */
+    for (int i = 0; i < 10000; i++) {
+        struct sched_stats now;
+        sched_get_stats(e.s, &now);
+        if (now.kv_blocks_used == 0) break;
+        usleep(1000);
+    }
     env_close(&e);
 }
 
