@@ -1,7 +1,9 @@
 /* Backend-independent parts of the backend interface: dispatch and batch validation. */
+#include "autoconf.h"
 #include "engine/backend.h"
 
 #include <stdio.h>
+#include <string.h>
 
 int backend_forward(struct backend *b, const struct batch *batch, float *logits, char *err,
                     size_t errlen)
@@ -75,4 +77,42 @@ int batch_validate(const struct backend *b, const struct batch *batch, char *err
         return -1;
     }
     return 0;
+}
+
+#ifndef HAVE_CUDA
+int backend_cuda_create(const struct model *m, const struct backend_params *params,
+                        struct backend **out, char *err, size_t errlen)
+{
+    (void)m;
+    (void)params;
+    *out = NULL;
+    snprintf(err, errlen, "cuda backend: not built (configure --with-cuda)");
+    return -1;
+}
+#endif
+
+int backend_create_auto(const char *device, const struct model *m,
+                        const struct backend_params *params, struct backend **out, char *note,
+                        size_t notelen, char *err, size_t errlen)
+{
+    if (!device) device = "auto";
+    if (strcmp(device, "cpu") == 0) {
+        snprintf(note, notelen, "cpu backend (--device cpu)");
+        return backend_cpu_create(m, params, out, err, errlen);
+    }
+    if (strcmp(device, "cuda") == 0) {
+        snprintf(note, notelen, "cuda backend (--device cuda)");
+        return backend_cuda_create(m, params, out, err, errlen);
+    }
+    if (strcmp(device, "auto") != 0) {
+        snprintf(err, errlen, "unknown device %s (auto, cpu or cuda)", device);
+        return -1;
+    }
+    char why[256];
+    if (backend_cuda_create(m, params, out, why, sizeof why) == 0) {
+        snprintf(note, notelen, "cuda backend (auto: a CUDA device is present)");
+        return 0;
+    }
+    snprintf(note, notelen, "cpu backend (auto: %s)", why);
+    return backend_cpu_create(m, params, out, err, errlen);
 }

@@ -67,6 +67,20 @@ struct backend {
 int backend_cpu_create(const struct model *m, const struct backend_params *params,
                        struct backend **out, char *err, size_t errlen);
 
+/* Creates the CUDA backend on device 0: weights uploaded in bf16, a device KV pool, decode
+ * graphs (docs/CUDA.md). Returns 0 and *out, or -1 with err (built without CUDA, no device,
+ * unsupported shape, out of device memory). */
+int backend_cuda_create(const struct model *m, const struct backend_params *params,
+                        struct backend **out, char *err, size_t errlen);
+
+/* Creates the backend `device` names: "cuda", "cpu", or "auto" (NULL too) = CUDA when it is
+ * built and a device is present, else the CPU. note gets one line on what was chosen and why
+ * (for the log). Returns 0 and *out, or -1 with err (unknown name, or the chosen backend's
+ * error; "auto" falls back to the CPU when CUDA fails). */
+int backend_create_auto(const char *device, const struct model *m,
+                        const struct backend_params *params, struct backend **out, char *note,
+                        size_t notelen, char *err, size_t errlen);
+
 /* The CPU backend's KV pool (tests, debugging); NULL for other backends. */
 struct kv_pool *backend_cpu_kv(struct backend *b);
 

@@ -8,3 +8,4 @@ ENGINE_LIBS = libllmgate_engine.a -lm
 include $(srcdir)/engine/tokenizer.mk
 include $(srcdir)/engine/model.mk
 include $(srcdir)/engine/server.mk
+include $(srcdir)/engine/cuda.mk

@@ -21,7 +21,8 @@
 
 struct options {
     const char *model_dir, *socket_path, *host, *model_name, *chat_template;
-    int port; /* -1: no TCP */
+    const char *device; /* auto, cpu, cuda */
+    int port;           /* -1: no TCP */
     int threads, kv_blocks, block_size, max_batch_tokens, max_seqs, max_wait_ms;
     long max_body_bytes;
 };
@@ -38,6 +39,8 @@ static void usage(FILE *out)
             "  --host ADDR              TCP address (default 127.0.0.1)\n"
             "  --model-name NAME        served model name (default: the directory's basename)\n"
             "  --chat-template NAME     chatml, qwen2.5, llama3, llama3.1, llama2, zephyr\n"
+            "  --device auto|cpu|cuda   backend (default auto: CUDA when built and a GPU is\n"
+            "                           present, else the CPU)\n"
             "  --threads N              CPU threads (default: online cores)\n"
             "  --kv-blocks N            KV cache blocks (default: one max-length sequence)\n"
             "  --block-size N           tokens per KV block (default 16)\n"
@@ -118,6 +121,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"model-name", required_argument, NULL, 'n'},
         {"chat-template", required_argument, NULL, 'c'},
         {"threads", required_argument, NULL, 't'},
+        {"device", required_argument, NULL, 'D'},
         {"kv-blocks", required_argument, NULL, 'k'},
         {"block-size", required_argument, NULL, 'b'},
         {"max-batch-tokens", required_argument, NULL, 'B'},
@@ -128,7 +132,8 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    *o = (struct options){.host = "127.0.0.1", .port = -1, .max_body_bytes = 8L << 20};
+    *o = (struct options){
+        .host = "127.0.0.1", .device = "auto", .port = -1, .max_body_bytes = 8L << 20};
     int ch;
     long v;
     enum log_level lvl;
@@ -139,6 +144,13 @@ static int parse_options(int argc, char **argv, struct options *o)
         case 'H': o->host = optarg; break;
         case 'n': o->model_name = optarg; break;
         case 'c': o->chat_template = optarg; break;
+        case 'D':
+            if (strcmp(optarg, "auto") && strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
+                fprintf(stderr, "llmgate-engine: --device must be auto, cpu or cuda\n");
+                return -1;
+            }
+            o->device = optarg;
+            break;
         case 'p':
             if (parse_int(optarg, "port", 0, 65535, &v)) return -1;
             o->port = (int)v;
@@ -304,10 +316,13 @@ int main(int argc, char **argv)
                                 .block_size = o.block_size,
                                 .n_blocks = o.kv_blocks,
                                 .max_batch_tokens = o.max_batch_tokens};
-    if (backend_cpu_create(srv.model, &bp, &srv.backend, err, sizeof err) != 0) {
+    char note[320];
+    if (backend_create_auto(o.device, srv.model, &bp, &srv.backend, note, sizeof note, err,
+                            sizeof err) != 0) {
         log_error("engine", "%s", err);
         goto out;
     }
+    log_info("engine", "%s", note);
     struct sched_params sp = {.max_batch_tokens = o.max_batch_tokens,
                               .max_seqs = o.max_seqs,
                               .max_wait_ms = o.max_wait_ms};
