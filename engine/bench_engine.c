@@ -2,8 +2,12 @@
  * TTFT, decode tokens/s at several batch sizes — and the machine's read bandwidth, reporting
  * decode as a fraction of the memory roofline (weights + KV bytes a step must read, divided by
  * bandwidth). Prints one Markdown table. */
+#include "autoconf.h"
 #include "engine/backend.h"
 #include "engine/cpu/cpu.h"
+#ifdef HAVE_CUDA
+#include "engine/cuda/backend_cuda.h"
+#endif
 #include "engine/model.h"
 
 #include <stdio.h>
@@ -29,7 +33,7 @@ static int argmax(const float *v, int n)
 
 int main(int argc, char **argv)
 {
-    const char *dir = NULL, *batches = "1,8,32";
+    const char *dir = NULL, *batches = NULL, *device = "cpu";
     int threads = 0, prompt = 128, steps = 16, portable = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
@@ -40,6 +44,8 @@ int main(int argc, char **argv)
             steps = atoi(argv[++i]);
         else if (strcmp(argv[i], "--batches") == 0 && i + 1 < argc)
             batches = argv[++i];
+        else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
+            device = argv[++i];
         else if (strcmp(argv[i], "--portable") == 0)
             portable = 1;
         else if (!dir)
@@ -47,9 +53,11 @@ int main(int argc, char **argv)
         else
             dir = NULL, i = argc;
     }
-    if (!dir || prompt < 1 || prompt > 4096 || steps < 1) {
-        fprintf(stderr, "usage: llmgate-bench-engine [--threads N] [--prompt N] [--steps N] "
-                        "[--batches 1,8,32] [--portable] MODEL_DIR\n");
+    const int cuda = strcmp(device, "cuda") == 0;
+    if (!batches) batches = cuda ? "1,8,32,128" : "1,8,32";
+    if (!dir || prompt < 1 || prompt > 4096 || steps < 1 || (!cuda && strcmp(device, "cpu"))) {
+        fprintf(stderr, "usage: llmgate-bench-engine [--device cpu|cuda] [--threads N] "
+                        "[--prompt N] [--steps N] [--batches 1,8,32] [--portable] MODEL_DIR\n");
         return 2;
     }
     if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -75,14 +83,38 @@ int main(int argc, char **argv)
                                 .n_blocks = bmax * ctx_blocks + 1,
                                 .max_batch_tokens = prompt > bmax ? prompt : bmax};
     struct backend *b = NULL;
-    if (backend_cpu_create(m, &bp, &b, err, sizeof err) != 0) {
-        fprintf(stderr, "llmgate-bench-engine: %s\n", err);
+    double bw = 0, kv_elem = 4.0, wbytes = (double)m->weight_bytes;
+    char devname[256] = "";
+    if (cuda) {
+#ifdef HAVE_CUDA
+        /* a GPU decode step reads bf16 weights and a bf16 KV cache; the roofline uses the
+         * measured device-to-device copy bandwidth (read + write bytes per second) */
+        if (backend_cuda_device_info(devname, sizeof devname, NULL, err, sizeof err) != 0 ||
+            backend_cuda_create(m, &bp, &b, err, sizeof err) != 0) {
+            fprintf(stderr, "llmgate-bench-engine: %s\n", err);
+            return 1;
+        }
+        struct backend_cuda_stats st;
+        backend_cuda_get_stats(b, &st);
+        wbytes = (double)st.weight_bytes;
+        if (m->w.lm_head.data != m->w.embed.data) /* the embedding is gathered, not streamed */
+            wbytes -= 2.0 * c->vocab_size * c->dim;
+        kv_elem = 2.0;
+        bw = backend_cuda_copy_bandwidth((size_t)1 << 31, 10);
+#else
+        fprintf(stderr, "llmgate-bench-engine: built without CUDA (configure --with-cuda)\n");
         return 1;
+#endif
+    } else {
+        if (backend_cpu_create(m, &bp, &b, err, sizeof err) != 0) {
+            fprintf(stderr, "llmgate-bench-engine: %s\n", err);
+            return 1;
+        }
+        struct tpool *pool = NULL;
+        if (tpool_create(threads, &pool, err, sizeof err) != 0) return 1;
+        bw = cpu_read_bandwidth(pool, (size_t)1 << 30, 5);
+        tpool_free(pool);
     }
-    struct tpool *pool = NULL;
-    if (tpool_create(threads, &pool, err, sizeof err) != 0) return 1;
-    double bw = cpu_read_bandwidth(pool, (size_t)1 << 30, 5);
-    tpool_free(pool);
 
     const int V = c->vocab_size;
     float *logits = malloc((size_t)bmax * V * sizeof(float));
@@ -110,14 +142,17 @@ int main(int argc, char **argv)
     double ttft = now_s() - t0;
     int32_t first = argmax(logits, V);
 
-    const double wbytes = (double)m->weight_bytes;
-    const double kv_per_tok = 2.0 * 4.0 * c->n_layers * c->n_kv_heads * c->head_dim;
+    const double kv_per_tok = 2.0 * kv_elem * c->n_layers * c->n_kv_heads * c->head_dim;
     printf("model: %s — %s, dim %d, %d layers, %d/%d heads, ffn %d, vocab %d, %s, weights "
            "streamed per step %.1f MB\n",
            dir, model_arch_name(c->arch), c->dim, c->n_layers, c->n_heads, c->n_kv_heads,
            c->hidden_dim, V, m->w.layers[0].wq.type == WT_BF16 ? "bf16" : "f32", wbytes / 1e6);
-    printf("threads: %d, kernels: %s, read bandwidth: %.1f GB/s\n\n", threads,
-           matmul_have_avx2() ? "avx2+fma" : "portable", bw);
+    if (cuda)
+        printf("device: %s, weights bf16 on device, device copy bandwidth: %.1f GB/s\n\n", devname,
+               bw);
+    else
+        printf("threads: %d, kernels: %s, read bandwidth: %.1f GB/s\n\n", threads,
+               matmul_have_avx2() ? "avx2+fma" : "portable", bw);
     printf("| measure | value | roofline | fraction |\n|---|---|---|---|\n");
     printf("| prefill %d tokens (TTFT) | %.1f ms, %.0f tok/s | | |\n", prompt, ttft * 1e3,
            prompt / ttft);
