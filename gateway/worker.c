@@ -101,7 +101,12 @@ int worker_init(struct worker *w, struct gateway *gw, unsigned index, struct con
     w->cfg = config_ref(cfg);
     pthread_mutex_init(&w->mu, NULL);
     struct event_config *ec = event_config_new();
-    if (ec) event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
+    if (ec) {
+        event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
+        /* Coalesce the add/del churn of one loop turn (curl sockets, the close
+         * watch, evhttp's read/write toggles) into one epoll_ctl per fd. */
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    }
     w->base = ec ? event_base_new_with_config(ec) : NULL;
     if (ec) event_config_free(ec);
     if (!w->base) {

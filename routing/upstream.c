@@ -5,6 +5,7 @@
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,8 @@ struct upstream {
     struct event *timer;         /* curl's single timeout */
     struct upstream_xfer *xfers; /* doubly linked list of live transfers */
     unsigned active;
+    CURL *pool[64]; /* idle easy handles: curl_easy_init costs a large allocation + memset */
+    unsigned n_pool;
 };
 
 /* States of a transfer:
@@ -46,7 +49,8 @@ struct upstream_xfer {
 };
 
 struct sock_ctx {
-    struct event *ev;
+    struct event ev; /* embedded: re-assigned on interest changes, never reallocated */
+    bool added;
 };
 
 static void check_multi_info(struct upstream *u);
@@ -116,7 +120,7 @@ static int multi_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, v
     struct sock_ctx *sc = socketp;
     if (what == CURL_POLL_REMOVE) {
         if (sc) {
-            event_free(sc->ev);
+            if (sc->added) event_del(&sc->ev);
             free(sc);
             curl_multi_assign(u->multi, s, NULL);
         }
@@ -128,13 +132,14 @@ static int multi_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, v
         sc = calloc(1, sizeof *sc);
         if (!sc) return -1;
         curl_multi_assign(u->multi, s, sc);
-    } else {
-        event_free(sc->ev);
+    } else if (sc->added) {
+        if (event_get_events(&sc->ev) == kind) return 0; /* no change: no syscall */
+        event_del(&sc->ev);
     }
-    sc->ev = event_new(u->base, s, kind, on_socket_event, u);
-    if (!sc->ev) return -1;
-    event_add(sc->ev, NULL);
-    return 0;
+    /* With the epoll changelist (worker.c) a del+add in one loop turn is one epoll_ctl. */
+    if (event_assign(&sc->ev, u->base, s, kind, on_socket_event, u) != 0) return -1;
+    sc->added = event_add(&sc->ev, NULL) == 0;
+    return sc->added ? 0 : -1;
 }
 
 /* ---------------------------------------------------------------- transfers */
@@ -145,7 +150,12 @@ static void xfer_unlink_free(struct upstream_xfer *x)
     /* Removing a handle is only legal outside libcurl callbacks (PITFALLS): every
      * caller of this function is a libevent callback or upstream_cancel(). */
     curl_multi_remove_handle(u->multi, x->easy);
-    curl_easy_cleanup(x->easy);
+    if (u->n_pool < sizeof u->pool / sizeof u->pool[0]) {
+        curl_easy_reset(x->easy); /* back to defaults; connections live in the multi's cache */
+        u->pool[u->n_pool++] = x->easy;
+    } else {
+        curl_easy_cleanup(x->easy);
+    }
     curl_slist_free_all(x->headers);
     event_free(x->timer);
     if (x->prev)
@@ -277,7 +287,7 @@ struct upstream_xfer *upstream_start(struct upstream *u, const struct upstream_r
     x->cb = *cb;
     x->ud = ud;
     x->idle_ms = req->idle_ms;
-    x->easy = curl_easy_init();
+    x->easy = u->n_pool ? u->pool[--u->n_pool] : curl_easy_init();
     x->timer = evtimer_new(u->base, on_xfer_timer, x);
     if (!x->easy || !x->timer) goto fail;
     for (size_t i = 0; i < req->n_headers; i++) {
@@ -411,6 +421,8 @@ void upstream_free(struct upstream *u)
     if (!u) return;
     while (u->xfers)
         finish(u->xfers, UPSTREAM_ERR_ABORTED, "client shut down");
+    while (u->n_pool)
+        curl_easy_cleanup(u->pool[--u->n_pool]);
     if (u->multi) curl_multi_cleanup(u->multi);
     if (u->timer) event_free(u->timer);
     free(u);
