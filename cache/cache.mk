@@ -2,7 +2,8 @@
 # cache and the prefix-KV block store.
 noinst_LIBRARIES += libllmgate_cache.a
 libllmgate_cache_a_SOURCES = \
-	cache/redis.c cache/redis.h
+	cache/redis.c cache/redis.h \
+	cache/pubsub.c cache/pubsub.h
 libllmgate_cache_a_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(HIREDIS_CFLAGS) $(OPENSSL_CFLAGS)
 CACHE_LIBS = libllmgate_cache.a $(HIREDIS_LIBS)
 

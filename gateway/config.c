@@ -69,6 +69,7 @@ struct option {
 
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const provider_kind_names[] = {"openai", "local", NULL};
+static const char *const on_redis_error_names[] = {"fail_open", "fail_closed", NULL};
 
 static int validate_address(struct parse_ctx *ctx, const cJSON *item, const char *name,
                             void *field);
@@ -166,6 +167,10 @@ static const struct option model_options[] = {
      .max = MODEL_NAME_MAX,
      .def_doc = "the public name",
      .doc = "model name sent upstream"},
+    ROW_UINT("price_prompt", M(price_prompt), 0, 0, 100000000,
+             "prompt price in micro-USD per 1000 tokens, for usage records (0 = none)"),
+    ROW_UINT("price_completion", M(price_completion), 0, 0, 100000000,
+             "completion price in micro-USD per 1000 tokens, for usage records (0 = none)"),
 };
 
 static const struct option config_options[] = {
@@ -199,6 +204,37 @@ static const struct option config_options[] = {
     ROW_STRING("redis.address", C(redis_address), "127.0.0.1", 1, 255, validate_address, 0,
                "Redis host name or address"),
     ROW_UINT("redis.port", C(redis_port), 6379, 1, 65535, "Redis TCP port"),
+    ROW_STRING("redis.prefix", C(redis_prefix), "llmgate:", 0, 64, NULL, 0,
+               "prefix of every key llmgate writes (keys, quotas, usage)"),
+    ROW_MS("redis.command_timeout_ms", C(redis_timeout_ms), 1000, 10, 60000,
+           "a Redis command that takes longer drops the connection (Redis counts as down)"),
+    {.name = "auth.redis_keys",
+     .type = OPT_BOOL,
+     .offset = C(redis_keys),
+     .def_num = 0,
+     .doc = "accept tenant keys stored in Redis (checked after `api_keys_sha256`), with quotas "
+            "and usage metering"},
+    ROW_MS("auth.key_cache_ttl_ms", C(key_cache_ttl_ms), 1000, 0, 60000,
+           "how long a worker trusts a key it read from Redis (revocation also arrives by "
+           "pub/sub)"),
+    ROW_ENUM("quota.on_redis_error", C(on_redis_error), QUOTA_FAIL_OPEN, on_redis_error_names,
+             "Redis unreachable: `fail_open` enforces a local per-worker limiter, `fail_closed` "
+             "answers 503"),
+    ROW_UINT("quota.default_max_tokens", C(default_max_tokens), 4096, 1, 16777216,
+             "completion tokens reserved, and sent upstream as `max_tokens`, when a request "
+             "sets none (a key's `max_tokens` overrides)"),
+    ROW_MS("quota.lease_ms", C(quota_lease_ms), 900000, 1000, 86400000,
+           "a concurrency slot whose request never settled is freed after this"),
+    ROW_STRING("usage.spool_path", C(usage_spool), "llmgate-usage.spool", 1, 4096, NULL, 0,
+               "usage records are appended here while Redis is down and replayed when it "
+               "returns (one file per gateway process)"),
+    ROW_UINT("usage.stream_maxlen", C(usage_stream_maxlen), 1000000, 1000, 1000000000,
+             "approximate length bound of the usage stream (`XADD MAXLEN ~`)"),
+    ROW_UINT("usage.retention_days", C(usage_retention_days), 400, 1, 36500,
+             "lifetime of the per-tenant daily usage aggregates"),
+    ROW_STRING("admin.token_env", C(admin_token_env), "LLMGATE_ADMIN_TOKEN", 1, 128,
+               validate_env_name, 0,
+               "environment variable holding the admin API token (unset: admin API off)"),
     {.name = "providers",
      .type = OPT_CUSTOM,
      .parse = parse_providers,
@@ -795,6 +831,7 @@ static void config_free(struct config *c)
         free_model(&c->models[i]);
     free(c->models);
     free(c->api_keys);
+    secure_free(c->admin_token);
     free(c->path);
     free(c);
 }
@@ -816,6 +853,13 @@ static int config_from_doc(const struct jsonc_doc *doc, struct config **out, cha
     }
     if (parse_table(&ctx, config_options, N_CONFIG_OPTIONS, doc->root, "", cfg) < 0) goto fail;
     if (resolve_models(&ctx) < 0) goto fail;
+    if (cfg->admin_token_env) {
+        const char *v = getenv(cfg->admin_token_env);
+        if (v && v[0] && !(cfg->admin_token = strdup(v))) {
+            oom(&ctx);
+            goto fail;
+        }
+    }
     free(ctx.model_provider_items);
     *out = cfg;
     return 0;

@@ -17,6 +17,9 @@
  * HTTP on a unix socket, optionally started and supervised by the gateway). */
 enum provider_kind { PROVIDER_OPENAI, PROVIDER_LOCAL };
 
+/* What quotas do while Redis is unreachable (gateway/quota.c). */
+enum quota_on_redis_error { QUOTA_FAIL_OPEN, QUOTA_FAIL_CLOSED };
+
 /* One entry of "providers". */
 struct provider_conf {
     char *name; /* the key in "providers" */
@@ -44,6 +47,7 @@ struct model_conf {
     char *provider_name;                  /* key in "providers" */
     char *model;                          /* upstream model name (defaults to name) */
     const struct provider_conf *provider; /* resolved; points into config->providers */
+    unsigned price_prompt, price_completion; /* micro-USD per 1000 tokens; 0 = no price */
 };
 
 struct config {
@@ -70,6 +74,20 @@ struct config {
 
     char *redis_address;
     unsigned redis_port;
+    char *redis_prefix;         /* every llmgate key starts with this ("llmgate:") */
+    unsigned redis_timeout_ms;  /* per-command timeout of the async clients */
+
+    /* tenant keys, quotas, metering and the admin API (keys.c, quota.c, usage.c, admin.c) */
+    bool redis_keys;                  /* look up tenant keys in Redis after the static list */
+    unsigned key_cache_ttl_ms;        /* per-worker key cache lifetime */
+    int on_redis_error;               /* enum quota_on_redis_error */
+    unsigned default_max_tokens;      /* completion cap reserved (and sent) when a request has none */
+    unsigned quota_lease_ms;          /* a concurrency slot is freed after this even without settle */
+    char *usage_spool;                /* local spool file for usage records while Redis is down */
+    unsigned usage_stream_maxlen;     /* approximate MAXLEN of the usage stream */
+    unsigned usage_retention_days;    /* lifetime of the daily usage aggregates */
+    char *admin_token_env;            /* environment variable holding the admin token */
+    char *admin_token;                /* its value read at load time, or NULL; never log it */
 
     struct provider_conf *providers; /* sorted by name */
     size_t n_providers;

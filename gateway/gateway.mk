@@ -11,6 +11,12 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/relay.c gateway/relay.h \
 	gateway/accesslog.c gateway/accesslog.h \
 	gateway/health.c gateway/health.h \
+	gateway/scripts.c gateway/scripts.h \
+	gateway/keys.c gateway/keys.h \
+	gateway/quota.c gateway/quota.h \
+	gateway/usage.c gateway/usage.h \
+	gateway/admin.c gateway/admin.h \
+	gateway/cli.c gateway/cli.h \
 	gateway/supervisor.c gateway/supervisor.h
 libllmgate_gateway_a_CFLAGS = $(AM_CFLAGS) $(HIREDIS_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
 GATEWAY_LIBS = libllmgate_gateway.a $(ROUTING_LIBS) $(CACHE_LIBS) $(COMMON_LIBS) $(LIBEVENT_LIBS) $(OPENSSL_LIBS)

@@ -17,7 +17,9 @@
 #include "autoconf.h"
 #include "common/log.h"
 #include "gateway/accesslog.h"
+#include "gateway/cli.h"
 #include "gateway/config.h"
+#include "gateway/scripts.h"
 #include "gateway/supervisor.h"
 #include "gateway/worker.h"
 #include "routing/upstream.h"
@@ -125,6 +127,9 @@ static void on_sigterm(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
+    scripts_init();
+    /* `llmgate keys|tenants|usage ...`: management commands (gateway/cli.c). */
+    if (argc > 1 && cli_is_command(argv[1])) return cli_main(argc - 1, argv + 1);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"test", no_argument, NULL, 't'},
@@ -197,8 +202,9 @@ int main(int argc, char **argv)
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         n = cpus > 0 ? (unsigned)(cpus > MAX_WORKERS ? MAX_WORKERS : cpus) : 1;
     }
-    if (d.cfg->n_api_keys == 0)
-        log_warn("main", "auth.api_keys_sha256 is empty: every caller is accepted without a key");
+    if (d.cfg->n_api_keys == 0 && !d.cfg->redis_keys)
+        log_warn("main", "auth.api_keys_sha256 is empty and auth.redis_keys is off: every caller "
+                         "is accepted without a key");
 
     d.gw.workers = calloc(n, sizeof *d.gw.workers);
     if (!d.gw.workers) return 1;

@@ -18,6 +18,7 @@
 #include "autoconf.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "gateway/quota.h"
 #include "routing/upstream.h"
 
 #define MAX_UPSTREAM_BODY  (64u << 20)  /* buffered (non-streamed) upstream answers */
@@ -91,11 +92,15 @@ static int on_sse_event(void *ud, const struct sse_event *ev)
         /* A chunk the client's SDK could not parse ends the stream as an error. */
         cJSON *doc = cJSON_ParseWithLength(ev->data, ev->data_len);
         bool ok = cJSON_IsObject(doc);
+        /* Metering: usage and content chunks; the usage-only chunk is dropped
+         * when only the gateway asked for it (gateway/quota.c). */
+        bool drop = ok && quota_usage_from_chunk(r, doc);
         cJSON_Delete(doc);
         if (!ok) {
             r->error = "upstream_malformed";
             return 1;
         }
+        if (drop) return 0;
     }
     if (ev->event_len && !(ev->event_len == 7 && memcmp(ev->event, "message", 7) == 0)) {
         evbuffer_add(r->frame, "event: ", 7);
@@ -221,6 +226,7 @@ static void finish_buffered(struct request *r)
     cJSON *doc = len ? cJSON_ParseWithLength(body, len) : NULL;
     bool is_error_shape = doc && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(doc, "error"));
     bool ok_json = doc && cJSON_IsObject(doc);
+    if (ok_json && r->up_status == 200) quota_usage_from_body(r, doc);
     cJSON_Delete(doc);
 
     if (r->up_status == 200) {

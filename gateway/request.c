@@ -14,23 +14,15 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "gateway/accesslog.h"
-#include "gateway/auth.h"
+#include "gateway/admin.h"
+#include "gateway/keys.h"
+#include "gateway/quota.h"
 #include "gateway/relay.h"
 
 /* ---------------------------------------------------------------- stages */
 
-/* authenticate: before parsing, so a bad key never costs a JSON parse. */
-static enum stage_rc stage_authenticate(struct request *r)
-{
-    size_t klen = 0;
-    const char *key = auth_bearer_key(
-        evhttp_find_header(evhttp_request_get_input_headers(r->req), "Authorization"), &klen);
-    if (key && auth_key_valid(r->cfg, key, klen)) return STAGE_NEXT;
-    return request_fail(r, 401, "invalid_request_error", "invalid_api_key", NULL, "%s",
-                        key ? "Incorrect API key provided."
-                            : "You didn't provide an API key. Provide it in the Authorization "
-                              "header as 'Bearer YOUR_KEY'.");
-}
+/* authenticate (gateway/keys.c): before parsing, so a bad key never costs a JSON
+ * parse; the static config list first, then tenant keys (cache, then Redis). */
 
 /* parse: the body into a validated struct oai_request (400 naming the field). */
 static enum stage_rc stage_parse(struct request *r)
@@ -87,14 +79,19 @@ static enum stage_rc stage_models_reply(struct request *r)
 
 /* The pipelines, in the order of ARCHITECTURE.md's request path. */
 static const request_stage_fn proxy_stages[] = {
-    stage_authenticate,
+    keys_authenticate,
     stage_parse,
+    keys_authorize_model,
     stage_route,
+    quota_reserve,
     relay_dispatch,
 };
 static const request_stage_fn models_stages[] = {
-    stage_authenticate,
+    keys_authenticate,
     stage_models_reply,
+};
+static const request_stage_fn admin_stages[] = {
+    admin_handle,
 };
 
 /* ---------------------------------------------------------------- pipeline */
@@ -148,6 +145,9 @@ void request_start(struct worker *w, struct conn *c, struct evhttp_request *req,
     if (kind == REQ_MODELS) {
         r->stages = models_stages;
         r->n_stages = (int)ARRAY_LEN(models_stages);
+    } else if (kind == REQ_ADMIN) {
+        r->stages = admin_stages;
+        r->n_stages = (int)ARRAY_LEN(admin_stages);
     } else {
         r->stages = proxy_stages;
         r->n_stages = (int)ARRAY_LEN(proxy_stages);
@@ -182,6 +182,7 @@ enum stage_rc request_fail(struct request *r, int status, const char *type, cons
 static void request_free(struct request *r)
 {
     relay_free(r);
+    keys_record_release(r->key);
     oai_request_free(&r->oai);
     config_unref(r->cfg);
     free(r);
@@ -203,6 +204,7 @@ void request_end(struct request *r)
     r->finished = true;
     struct worker *w = r->w;
     relay_cancel(r);
+    quota_settle(r); /* charge, refund, usage record */
     if (r->conn) {
         if (r->watching) conn_unwatch(r->conn);
         r->conn->active = NULL;

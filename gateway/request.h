@@ -27,7 +27,7 @@ enum stage_rc {
 };
 
 /* Which pipeline a request runs. */
-enum request_kind { REQ_CHAT, REQ_COMPLETIONS, REQ_EMBEDDINGS, REQ_MODELS };
+enum request_kind { REQ_CHAT, REQ_COMPLETIONS, REQ_EMBEDDINGS, REQ_MODELS, REQ_ADMIN };
 
 /* Relay states of a dispatched request:
  *   UPSTREAM  - transfer running, nothing sent to the client (a failure can still
@@ -37,7 +37,28 @@ enum request_kind { REQ_CHAT, REQ_COMPLETIONS, REQ_EMBEDDINGS, REQ_MODELS };
 enum relay_state { RS_UPSTREAM, RS_STREAMING };
 
 struct request;
+struct key_record;
 typedef enum stage_rc (*request_stage_fn)(struct request *r);
+
+/* A request's quota reservation (gateway/quota.c). */
+struct request_quota {
+    bool redis;        /* reserved on Redis: settle charges and refunds */
+    bool local;        /* admitted by the local fail-open limiter instead */
+    bool have_headers; /* the x-ratelimit-* values below are known */
+    long tokens;       /* reserved: estimated prompt + completion cap */
+    long prompt_est;   /* estimated prompt tokens */
+    long day, month;   /* calendar windows the reservation was taken in */
+    long req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms;
+    char member[40]; /* unique per request: concurrency slot and usage dedup id */
+};
+
+/* What the upstream generated, for settle and the usage record. */
+struct request_usage {
+    bool reported; /* the upstream's usage object was seen */
+    bool strip;    /* the client did not ask for usage: drop the usage-only chunk */
+    long prompt, completion, cached;
+    long chunks; /* content chunks relayed to the client */
+};
 
 struct request {
     struct worker *w;
@@ -75,6 +96,11 @@ struct request {
     struct evbuffer *body;  /* buffered upstream body */
     struct evbuffer *frame; /* SSE frames waiting to go to the client */
     uint64_t t_up_us, t_up_end_us;
+
+    /* tenant key, quota and metering (keys.c, quota.c) */
+    struct key_record *key; /* tenant key (one reference); NULL for static keys or auth off */
+    struct request_quota quota;
+    struct request_usage usage;
 
     /* outcome, for the access log */
     int status;

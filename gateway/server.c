@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "gateway/accesslog.h"
+#include "gateway/admin.h"
 #include "gateway/auth.h"
 #include "gateway/health.h"
 #include "gateway/request.h"
@@ -280,6 +281,16 @@ static void on_request(struct evhttp_request *req, void *arg)
         if (endpoints[i].method == method ||
             (method == EVHTTP_REQ_HEAD && endpoints[i].method == EVHTTP_REQ_GET))
             ep = &endpoints[i];
+    }
+    /* The admin API (gateway/admin.c) routes its own paths below /admin/v1/. */
+    if (!ep && !path_known && admin_path(path)) {
+        if (!c) {
+            send_error(req, rid, true, 503, "server_error", "overloaded", NULL,
+                       "The gateway is out of memory.");
+            return log_simple(rid, mname, path, 503, t0, 0, "overloaded");
+        }
+        request_start(w, c, req, REQ_ADMIN, rid, mname, "/admin/v1", t0);
+        return;
     }
     if (!ep) {
         char msg[384];

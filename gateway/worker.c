@@ -12,6 +12,8 @@
 #include "cache/redis.h"
 #include "common/log.h"
 #include "gateway/health.h"
+#include "gateway/keys.h"
+#include "gateway/quota.h"
 #include "gateway/server.h"
 #include "routing/upstream.h"
 
@@ -123,9 +125,14 @@ int worker_init(struct worker *w, struct gateway *gw, unsigned index, struct con
     w->up = upstream_new(w->base, max_host_conns(cfg));
     char rname[32];
     snprintf(rname, sizeof rname, "worker %u", index);
-    struct redis_options ro = {.host = cfg->redis_address, .port = cfg->redis_port, .name = rname};
+    struct redis_options ro = {.host = cfg->redis_address,
+                               .port = cfg->redis_port,
+                               .command_timeout_ms = cfg->redis_timeout_ms,
+                               .name = rname};
     w->redis = redis_new(w->base, &ro);
-    if (!w->wake || !w->up || !w->redis) {
+    if (w->redis) w->keycache = keycache_new(w);
+    if (w->redis) w->quota = quota_worker_new(w);
+    if (!w->wake || !w->up || !w->redis || !w->keycache || !w->quota) {
         snprintf(err, errlen, "cannot create the worker's event or upstream client");
         return -1;
     }
@@ -178,7 +185,11 @@ void worker_join(struct worker *w)
      * cancelled through the close callbacks while the upstream client is alive. */
     server_free(w);
     upstream_free(w->up);
+    /* Pending Redis callbacks run (with NULL) inside redis_free and still use the
+     * key cache and the quota state: free those after it. */
     redis_free(w->redis);
+    keycache_free(w->keycache);
+    quota_worker_free(w->quota);
     if (w->drain_timer) event_free(w->drain_timer);
     if (w->wake) event_free(w->wake);
     if (w->base) event_base_free(w->base);

@@ -13,6 +13,8 @@
 
 struct conn;
 struct gateway;
+struct keycache;
+struct quota_worker;
 
 struct worker {
     unsigned index;
@@ -25,6 +27,8 @@ struct worker {
     evutil_socket_t listen_fd;
     struct upstream *up;
     struct redis *redis;  /* this worker's Redis connection (cache/redis.h) */
+    struct keycache *keycache;  /* tenant keys read from Redis (gateway/keys.c) */
+    struct quota_worker *quota; /* local limiter, spool replay (gateway/quota.c) */
     struct config *cfg;   /* this worker's snapshot (one reference) */
     struct event *wake;   /* made active by other threads */
     struct event *health; /* worker 0 only: upstream probe timer */

@@ -1,0 +1,723 @@
+/* Token quotas on Redis: reserve before dispatch, settle after the response,
+ * the local limiter that stands in while Redis is down (fail_open), and the
+ * rate-limit headers. Scopes of one tenant share the hash tag {tenant}, so the
+ * reserve script touches one Redis Cluster slot. */
+#include "gateway/quota.h"
+
+#include <cjson/cJSON.h>
+#include <event2/http.h>
+#include <hiredis/hiredis.h>
+#include <event2/event.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/redis.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "gateway/scripts.h"
+#include "gateway/usage.h"
+#include "gateway/worker.h"
+
+#define PROMPT_OVERHEAD   8 /* tokens per request for roles/framing in the estimate */
+#define LOCAL_BUCKETS     1024
+#define LOCAL_MAX_ENTRIES 100000
+#define REPLAY_TICK_MS    1000
+
+/* ---------------------------------------------------------------- pure helpers */
+
+static bool any_limit(const struct key_limits *l)
+{
+    return l->rpm || l->tpm || l->tpd || l->tpmo || l->conc;
+}
+
+int quota_scopes(const struct key_record *k, const char *model, const char *prefix,
+                 struct quota_scope *out)
+{
+    int n = 0;
+    if (any_limit(&k->key)) {
+        snprintf(out[n].bucket, sizeof out[n].bucket, "%sq:{%s}:k:%s", prefix, k->tenant, k->id);
+        out[n].l = k->key;
+        n++;
+    }
+    if (any_limit(&k->tenant_limits)) {
+        snprintf(out[n].bucket, sizeof out[n].bucket, "%sq:{%s}:t", prefix, k->tenant);
+        out[n].l = k->tenant_limits;
+        n++;
+    }
+    const struct key_model_limit *ml = keys_model_limit(k, model);
+    if (ml && any_limit(&ml->l)) {
+        snprintf(out[n].bucket, sizeof out[n].bucket, "%sq:{%s}:k:%s:m:%.100s", prefix, k->tenant,
+                 k->id, ml->glob);
+        out[n].l = ml->l;
+        n++;
+    }
+    for (int i = 0; i < n; i++)
+        snprintf(out[i].conc, sizeof out[i].conc, "%s:c", out[i].bucket);
+    return n;
+}
+
+long quota_estimate(const struct oai_request *o, long cap, long *prompt)
+{
+    long p = (long)((o->prompt_chars + 3) / 4) + (long)o->prompt_tokens + PROMPT_OVERHEAD;
+    *prompt = p;
+    if (o->endpoint == OAI_EMBEDDINGS) return p;
+    return p + cap * (o->n > 0 ? o->n : 1);
+}
+
+char *quota_format_duration(long ms, char *buf, size_t cap)
+{
+    if (ms < 0) ms = 0;
+    if (ms < 1000) {
+        snprintf(buf, cap, "%ldms", ms);
+        return buf;
+    }
+    long h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, frac = ms % 1000;
+    char sec[32];
+    if (frac == 0) {
+        snprintf(sec, sizeof sec, "%lds", s);
+    } else {
+        snprintf(sec, sizeof sec, "%ld.%03ld", s, frac);
+        size_t n = strlen(sec);
+        while (sec[n - 1] == '0')
+            sec[--n] = '\0';
+        sec[n++] = 's';
+        sec[n] = '\0';
+    }
+    if (h)
+        snprintf(buf, cap, "%ldh%ldm%s", h, m, sec);
+    else if (m)
+        snprintf(buf, cap, "%ldm%s", m, sec);
+    else
+        snprintf(buf, cap, "%s", sec);
+    return buf;
+}
+
+long quota_retry_after_s(long ms)
+{
+    long s = (ms + 999) / 1000;
+    return s < 1 ? 1 : s;
+}
+
+/* ---------------------------------------------------------------- metering */
+
+static long usage_field(const cJSON *u, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(u, name);
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 1e12 ? (long)v->valuedouble
+                                                                             : 0;
+}
+
+static void take_usage(struct request *r, const cJSON *u)
+{
+    r->usage.reported = true;
+    r->usage.prompt = usage_field(u, "prompt_tokens");
+    r->usage.completion = usage_field(u, "completion_tokens");
+    r->usage.cached =
+        usage_field(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens_details"), "cached_tokens");
+}
+
+bool quota_usage_from_chunk(struct request *r, const cJSON *chunk)
+{
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(chunk, "usage");
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(chunk, "choices");
+    const cJSON *c0 = cJSON_IsArray(choices) ? choices->child : NULL;
+    if (c0) {
+        const cJSON *delta = cJSON_GetObjectItemCaseSensitive(c0, "delta");
+        const cJSON *text = delta ? cJSON_GetObjectItemCaseSensitive(delta, "content")
+                                  : cJSON_GetObjectItemCaseSensitive(c0, "text");
+        if (cJSON_IsString(text) && text->valuestring[0]) r->usage.chunks++;
+    }
+    if (!cJSON_IsObject(u)) return false;
+    take_usage(r, u);
+    return r->usage.strip && cJSON_IsArray(choices) && !c0;
+}
+
+void quota_usage_from_body(struct request *r, const cJSON *body)
+{
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(body, "usage");
+    if (cJSON_IsObject(u)) take_usage(r, u);
+}
+
+/* ---------------------------------------------------------------- headers */
+
+static void set_header(struct evkeyvalq *h, const char *name, const char *value)
+{
+    evhttp_remove_header(h, name);
+    evhttp_add_header(h, name, value);
+}
+
+void quota_add_headers(struct request *r)
+{
+    const struct request_quota *q = &r->quota;
+    if (!q->have_headers || !r->req) return;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    char v[64];
+    if (q->req_limit >= 0) {
+        snprintf(v, sizeof v, "%ld", q->req_limit);
+        set_header(h, "x-ratelimit-limit-requests", v);
+        snprintf(v, sizeof v, "%ld", q->req_remaining);
+        set_header(h, "x-ratelimit-remaining-requests", v);
+        set_header(h, "x-ratelimit-reset-requests",
+                   quota_format_duration(q->req_reset_ms, v, sizeof v));
+    }
+    if (q->tok_limit >= 0) {
+        snprintf(v, sizeof v, "%ld", q->tok_limit);
+        set_header(h, "x-ratelimit-limit-tokens", v);
+        snprintf(v, sizeof v, "%ld", q->tok_remaining);
+        set_header(h, "x-ratelimit-remaining-tokens", v);
+        set_header(h, "x-ratelimit-reset-tokens",
+                   quota_format_duration(q->tok_reset_ms, v, sizeof v));
+    }
+}
+
+static enum stage_rc reply_429(struct request *r, const char *kind, const char *window,
+                               long retry_ms, bool too_large)
+{
+    quota_add_headers(r);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    char v[32], d[32];
+    snprintf(v, sizeof v, "%ld", quota_retry_after_s(retry_ms));
+    set_header(h, "Retry-After", v);
+    snprintf(v, sizeof v, "%ld", retry_ms < 0 ? 0 : retry_ms);
+    set_header(h, "retry-after-ms", v);
+    if (too_large)
+        return request_fail(r, 429, kind, "rate_limit_exceeded", NULL,
+                            "Request too large: it needs %ld tokens, more than this key's %s "
+                            "limit allows. Lower max_tokens or the prompt.",
+                            r->quota.tokens, window);
+    return request_fail(r, 429, kind, "rate_limit_exceeded", NULL,
+                        "Rate limit reached for %s (%s). Please try again in %s.", kind, window,
+                        quota_format_duration(retry_ms, d, sizeof d));
+}
+
+/* ---------------------------------------------------------------- local limiter */
+
+/* A scope's buckets while Redis is down; limits are the scope's divided by the
+ * worker count (each worker enforces its share; replicas are not known). */
+struct local_scope {
+    char name[256];
+    double r, t;
+    uint64_t rt, tt;
+    unsigned conc;
+    struct local_scope *next;
+};
+
+struct quota_worker {
+    struct worker *w;
+    struct local_scope *buckets[LOCAL_BUCKETS];
+    size_t n;
+    struct usage_replay *replay; /* worker 0 */
+    struct event *tick;
+};
+
+static size_t name_hash(const char *s)
+{
+    size_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h % LOCAL_BUCKETS;
+}
+
+static void local_clear(struct quota_worker *q)
+{
+    for (size_t b = 0; b < LOCAL_BUCKETS; b++) {
+        struct local_scope *e = q->buckets[b];
+        while (e) {
+            struct local_scope *next = e->next;
+            free(e);
+            e = next;
+        }
+        q->buckets[b] = NULL;
+    }
+    q->n = 0;
+}
+
+static struct local_scope *local_get(struct quota_worker *q, const struct quota_scope *s,
+                                     unsigned share)
+{
+    size_t b = name_hash(s->bucket);
+    for (struct local_scope *e = q->buckets[b]; e; e = e->next)
+        if (strcmp(e->name, s->bucket) == 0) return e;
+    if (q->n >= LOCAL_MAX_ENTRIES) local_clear(q);
+    struct local_scope *e = calloc(1, sizeof *e);
+    if (!e) return NULL;
+    util_strlcpy(e->name, s->bucket, sizeof e->name);
+    e->r = s->l.rpm ? (double)(s->l.rpm + share - 1) / share : 0;
+    e->t = s->l.tpm ? (double)(s->l.tpm + share - 1) / share : 0;
+    e->rt = e->tt = util_now_ms();
+    e->next = q->buckets[b];
+    q->buckets[b] = e;
+    q->n++;
+    return e;
+}
+
+static double share_of(unsigned limit, unsigned share)
+{
+    return (double)(limit + share - 1) / share;
+}
+
+static double refill(double lvl, uint64_t *ts, double cap, uint64_t now)
+{
+    lvl += (double)(now - *ts) * cap / 60000.0;
+    *ts = now;
+    return lvl > cap ? cap : lvl;
+}
+
+/* fail_open: admits r against this worker's share of each scope's rpm, tpm and
+ * concurrency (day/month windows need Redis and are charged at replay). */
+static enum stage_rc local_admit(struct request *r, const struct quota_scope *sc, int ns)
+{
+    struct quota_worker *q = r->w->quota;
+    unsigned share = r->w->gw && r->w->gw->n_workers ? r->w->gw->n_workers : 1;
+    uint64_t now = util_now_ms();
+    struct local_scope *ls[QUOTA_MAX_SCOPES];
+    long retry = 0;
+    const char *kind = NULL, *window = NULL;
+    for (int i = 0; i < ns; i++) {
+        if (!(ls[i] = local_get(q, &sc[i], share))) continue;
+        const struct key_limits *l = &sc[i].l;
+        if (l->rpm) {
+            double cap = share_of(l->rpm, share);
+            ls[i]->r = refill(ls[i]->r, &ls[i]->rt, cap, now);
+            if (ls[i]->r < 1) {
+                long ms = (long)ceil((1 - ls[i]->r) * 60000.0 / cap);
+                if (ms >= retry) retry = ms, kind = "requests", window = "rpm";
+            }
+        }
+        if (l->tpm) {
+            double cap = share_of(l->tpm, share);
+            ls[i]->t = refill(ls[i]->t, &ls[i]->tt, cap, now);
+            if (ls[i]->t < (double)r->quota.tokens) {
+                long ms = (long)ceil(((double)r->quota.tokens - ls[i]->t) * 60000.0 / cap);
+                if (ms >= retry) retry = ms, kind = "tokens", window = "tpm";
+            }
+        }
+        if (l->conc && ls[i]->conc >= (unsigned)ceil(share_of(l->conc, share))) {
+            if (1000 >= retry) retry = 1000, kind = "requests", window = "concurrency";
+        }
+    }
+    if (kind) return reply_429(r, kind, window, retry, false);
+    for (int i = 0; i < ns; i++) {
+        if (!ls[i]) continue;
+        if (sc[i].l.rpm) ls[i]->r -= 1;
+        if (sc[i].l.tpm) ls[i]->t -= (double)r->quota.tokens;
+        if (sc[i].l.conc) ls[i]->conc++;
+    }
+    r->quota.local = true;
+    return STAGE_NEXT;
+}
+
+static void local_release(struct request *r, const struct quota_scope *sc, int ns)
+{
+    struct quota_worker *q = r->w->quota;
+    unsigned share = r->w->gw && r->w->gw->n_workers ? r->w->gw->n_workers : 1;
+    for (int i = 0; i < ns; i++) {
+        if (!sc[i].l.conc) continue;
+        struct local_scope *e = local_get(q, &sc[i], share);
+        if (e && e->conc) e->conc--;
+    }
+}
+
+/* ---------------------------------------------------------------- reserve */
+
+static enum stage_rc redis_down(struct request *r, const struct quota_scope *sc, int ns)
+{
+    if (r->cfg->on_redis_error == QUOTA_FAIL_CLOSED)
+        return request_fail(r, 503, "server_error", "quota_unavailable", NULL, "%s",
+                            "Quota accounting is unavailable; retry shortly.");
+    return local_admit(r, sc, ns);
+}
+
+struct reserve_ctx {
+    struct request *r;
+};
+
+static long reply_int(const redisReply *a, size_t i)
+{
+    if (i >= a->elements) return 0;
+    const redisReply *e = a->element[i];
+    if (e->type == REDIS_REPLY_INTEGER) return (long)e->integer;
+    if (e->type == REDIS_REPLY_STRING) return strtol(e->str, NULL, 10);
+    return 0;
+}
+
+static const char *reply_str(const redisReply *a, size_t i, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    if (i < a->elements && a->element[i]->type == REDIS_REPLY_STRING)
+        snprintf(buf, cap, "%s", a->element[i]->str);
+    return buf;
+}
+
+static void on_reserve(const struct redisReply *reply, void *ud)
+{
+    struct request *r = ud;
+    if (r->finished) {
+        request_release(r);
+        return;
+    }
+    enum stage_rc rc;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 14) {
+        if (reply && reply->type == REDIS_REPLY_ERROR)
+            log_warn("quota", "reserve script failed: %s", reply->str);
+        struct quota_scope sc[QUOTA_MAX_SCOPES];
+        int ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
+        rc = redis_down(r, sc, ns);
+    } else {
+        struct request_quota *q = &r->quota;
+        q->have_headers = true;
+        q->req_limit = reply_int(reply, 3);
+        q->req_remaining = reply_int(reply, 4);
+        q->req_reset_ms = reply_int(reply, 5);
+        q->tok_limit = reply_int(reply, 6);
+        q->tok_remaining = reply_int(reply, 7);
+        q->tok_reset_ms = reply_int(reply, 8);
+        q->day = reply_int(reply, 9);
+        q->month = reply_int(reply, 10);
+        if (reply_int(reply, 0) == 1) {
+            q->redis = true;
+            quota_add_headers(r);
+            rc = STAGE_NEXT;
+        } else {
+            char kind[16], window[16];
+            reply_str(reply, 1, kind, sizeof kind);
+            reply_str(reply, 12, window, sizeof window);
+            rc = reply_429(r, strcmp(kind, "tokens") == 0 ? "tokens" : "requests", window,
+                           reply_int(reply, 2), reply_int(reply, 11) == 1);
+        }
+    }
+    if (rc == STAGE_NEXT) request_resume(r);
+    request_release(r);
+}
+
+static void new_member(char out[40])
+{
+    uint8_t b[16];
+    static const char digits[] = "0123456789abcdef";
+    if (util_random_bytes(b, sizeof b) != 0) memset(b, 0, sizeof b);
+    memcpy(out, "u_", 2);
+    for (int i = 0; i < 16; i++) {
+        out[2 + 2 * i] = digits[b[i] >> 4];
+        out[3 + 2 * i] = digits[b[i] & 15];
+    }
+    out[34] = '\0';
+}
+
+/* Makes the upstream body carry what the reservation assumed: a completion cap,
+ * and usage in the last stream chunk (stripped again if the client did not ask). */
+static void adjust_upstream_body(struct request *r, long cap)
+{
+    struct oai_request *o = &r->oai;
+    if (o->endpoint == OAI_EMBEDDINGS || !o->root) return;
+    if (o->max_tokens < 0) cJSON_AddNumberToObject(o->root, "max_tokens", (double)cap);
+    if (o->stream && !o->include_usage) {
+        cJSON *so = cJSON_GetObjectItemCaseSensitive(o->root, "stream_options");
+        if (!cJSON_IsObject(so)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(o->root, "stream_options");
+            so = cJSON_AddObjectToObject(o->root, "stream_options");
+        }
+        if (so) {
+            cJSON_DeleteItemFromObjectCaseSensitive(so, "include_usage");
+            cJSON_AddTrueToObject(so, "include_usage");
+            r->usage.strip = true;
+        }
+    }
+}
+
+#define MAX_RESERVE_ARGS (3 + 5 * QUOTA_MAX_SCOPES)
+
+enum stage_rc quota_reserve(struct request *r)
+{
+    if (!r->key) return STAGE_NEXT;
+    const struct config *cfg = r->cfg;
+    long cap = r->oai.max_tokens >= 0 ? r->oai.max_tokens
+               : r->key->max_tokens   ? (long)r->key->max_tokens
+                                      : (long)cfg->default_max_tokens;
+    r->quota.tokens = quota_estimate(&r->oai, cap, &r->quota.prompt_est);
+    new_member(r->quota.member);
+    adjust_upstream_body(r, cap);
+
+    struct quota_scope sc[QUOTA_MAX_SCOPES];
+    int ns = quota_scopes(r->key, r->oai.model, cfg->redis_prefix, sc);
+    if (ns == 0) return STAGE_NEXT;
+
+    const char *keys[2 * QUOTA_MAX_SCOPES], *args[MAX_RESERVE_ARGS];
+    size_t kl[2 * QUOTA_MAX_SCOPES], al[MAX_RESERVE_ARGS];
+    char nums[MAX_RESERVE_ARGS][24];
+    int na = 0;
+    for (int i = 0; i < ns; i++) {
+        keys[2 * i] = sc[i].bucket;
+        kl[2 * i] = strlen(sc[i].bucket);
+        keys[2 * i + 1] = sc[i].conc;
+        kl[2 * i + 1] = strlen(sc[i].conc);
+    }
+    args[na] = r->quota.member;
+    al[na++] = strlen(r->quota.member);
+    long head[2] = {r->quota.tokens, (long)cfg->quota_lease_ms};
+    for (int i = 0; i < 2; i++) {
+        al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%ld", head[i]);
+        args[na] = nums[na];
+        na++;
+    }
+    for (int i = 0; i < ns; i++) {
+        const unsigned v[5] = {sc[i].l.rpm, sc[i].l.tpm, sc[i].l.tpd, sc[i].l.tpmo, sc[i].l.conc};
+        for (int j = 0; j < 5; j++) {
+            al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%u", v[j]);
+            args[na] = nums[na];
+            na++;
+        }
+    }
+    request_hold(r);
+    if (redis_eval(r->w->redis, &script_reserve, on_reserve, r, 2 * ns, keys, kl, na, args, al) !=
+        0) {
+        request_release(r);
+        return redis_down(r, sc, ns);
+    }
+    return STAGE_ASYNC;
+}
+
+/* ---------------------------------------------------------------- settle */
+
+/* A settle call in flight; keeps the script's arguments for the spool. */
+struct settle_ctx {
+    struct config *cfg; /* one reference: the spool path */
+    int nk, na;
+    const char **argv; /* nk keys then na args */
+    size_t *lens;
+};
+
+static void settle_free(struct settle_ctx *s)
+{
+    config_unref(s->cfg);
+    free(s);
+}
+
+static void spool(struct settle_ctx *s)
+{
+    if (usage_spool_append(s->cfg->usage_spool, s->nk, s->argv, s->lens, s->na, s->argv + s->nk,
+                           s->lens + s->nk) != 0)
+        log_error("usage", "cannot append to the usage spool %s: a usage record is lost",
+                  s->cfg->usage_spool);
+}
+
+static void on_settle(const struct redisReply *reply, void *ud)
+{
+    struct settle_ctx *s = ud;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        if (reply) log_warn("usage", "settle script failed: %s; spooled", reply->str);
+        spool(s); /* replays are idempotent: the script dedups on the request's member */
+    }
+    settle_free(s);
+}
+
+#define MAX_SETTLE_ARGS 64
+#define SETTLE_STRBUF   4096
+
+/* Appends one string argument to the settle call being built. */
+struct argv_builder {
+    const char *v[MAX_SETTLE_ARGS];
+    size_t len[MAX_SETTLE_ARGS];
+    int n;
+    char buf[SETTLE_STRBUF];
+    size_t used;
+};
+
+static void add_arg(struct argv_builder *b, const char *s, size_t len)
+{
+    if (b->n >= MAX_SETTLE_ARGS) return;
+    b->v[b->n] = s;
+    b->len[b->n++] = len;
+}
+
+static void add_str(struct argv_builder *b, const char *s)
+{
+    add_arg(b, s ? s : "", s ? strlen(s) : 0);
+}
+
+static void add_fmt(struct argv_builder *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void add_fmt(struct argv_builder *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    size_t room = sizeof b->buf - b->used;
+    int n = vsnprintf(b->buf + b->used, room, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= room) n = 0, b->buf[b->used] = '\0';
+    add_arg(b, b->buf + b->used, (size_t)n);
+    b->used += (size_t)n + 1;
+}
+
+void quota_settle(struct request *r)
+{
+    struct key_record *k = r->key;
+    if (!k || (r->kind != REQ_CHAT && r->kind != REQ_COMPLETIONS && r->kind != REQ_EMBEDDINGS))
+        return;
+    const struct config *cfg = r->cfg;
+    long prompt = 0, completion = 0, cached = 0;
+    bool estimated = false;
+    if (r->usage.reported) {
+        prompt = r->usage.prompt;
+        completion = r->usage.completion;
+        cached = r->usage.cached;
+    } else if (r->t_up_us && (r->status == 200 || r->status == 499)) {
+        /* Cut off before the upstream's usage: the prompt estimate plus one token per
+         * relayed content chunk (the granularity OpenAI-compatible servers stream at). */
+        prompt = r->quota.prompt_est;
+        completion = r->usage.chunks;
+        estimated = true;
+    }
+    long actual = prompt + completion;
+    if (!r->quota.member[0]) new_member(r->quota.member);
+
+    struct quota_scope sc[QUOTA_MAX_SCOPES];
+    int ns = quota_scopes(k, r->oai.model, cfg->redis_prefix, sc);
+    if (r->quota.local) local_release(r, sc, ns);
+    if (!r->quota.redis && !r->quota.local && actual == 0) ns = 0;
+
+    const char *model = r->oai.model ? r->oai.model : "";
+    const struct model_conf *mc = r->oai.model ? config_find_model(cfg, r->oai.model) : NULL;
+    long long cost =
+        mc ? ((long long)prompt * mc->price_prompt + (long long)completion * mc->price_completion) /
+                 1000
+           : 0;
+    uint64_t ts = util_wall_ms();
+    char day[9];
+    usage_day_string(usage_day_of_ms(ts), day);
+
+    struct argv_builder *b = malloc(sizeof *b);
+    if (!b) return;
+    b->n = 0;
+    b->used = 0;
+    for (int i = 0; i < ns; i++) {
+        add_str(b, sc[i].bucket);
+        add_str(b, sc[i].conc);
+    }
+    add_fmt(b, "%susage", cfg->redis_prefix);
+    add_fmt(b, "%susage:{%s}:seen:%s", cfg->redis_prefix, k->tenant, r->quota.member);
+    add_fmt(b, "%susage:{%s}:%s", cfg->redis_prefix, k->tenant, day);
+    int nk = b->n;
+    add_str(b, r->quota.member);
+    add_fmt(b, "%ld", r->quota.redis ? r->quota.tokens : 0);
+    add_fmt(b, "%ld", actual);
+    add_fmt(b, "%ld", r->quota.day);
+    add_fmt(b, "%ld", r->quota.month);
+    add_fmt(b, "%d", ns);
+    for (int i = 0; i < ns; i++)
+        add_fmt(b, "%u", sc[i].l.tpm);
+    add_fmt(b, "%u", cfg->usage_stream_maxlen);
+    add_fmt(b, "%lu", (unsigned long)cfg->usage_retention_days * 86400ul);
+    add_fmt(b, "%s|%.200s|", k->id, model);
+    add_fmt(b, "%ld", prompt);
+    add_fmt(b, "%ld", completion);
+    add_fmt(b, "%ld", cached);
+    add_fmt(b, "%lld", cost);
+    add_fmt(b, "%d", r->status >= 400 || r->error ? 1 : 0);
+    /* The record (XADD field/value pairs). */
+    add_str(b, "ts");
+    add_fmt(b, "%llu", (unsigned long long)ts);
+    add_str(b, "request_id");
+    add_str(b, r->id);
+    add_str(b, "usage_id");
+    add_str(b, r->quota.member);
+    add_str(b, "tenant");
+    add_str(b, k->tenant);
+    add_str(b, "key_id");
+    add_str(b, k->id);
+    add_str(b, "model");
+    add_fmt(b, "%.200s", model);
+    add_str(b, "provider");
+    add_str(b, r->target.provider ? r->target.provider->name : "");
+    add_str(b, "served_model");
+    add_fmt(b, "%.200s", r->target.upstream_model ? r->target.upstream_model : "");
+    add_str(b, "prompt_tokens");
+    add_fmt(b, "%ld", prompt);
+    add_str(b, "completion_tokens");
+    add_fmt(b, "%ld", completion);
+    add_str(b, "cached_tokens");
+    add_fmt(b, "%ld", cached);
+    add_str(b, "status");
+    add_fmt(b, "%d", r->status);
+    add_str(b, "error");
+    add_str(b, r->error ? r->error : "");
+    add_str(b, "latency_ms");
+    add_fmt(b, "%.3f", (double)(util_now_us() - r->t0_us) / 1000.0);
+    add_str(b, "cost_microusd");
+    add_fmt(b, "%lld", cost);
+    add_str(b, "estimated");
+    add_str(b, estimated ? "1" : "0");
+    LG_ASSERT(b->n < MAX_SETTLE_ARGS);
+
+    /* One block: the context, pointers, lengths, then the bytes. */
+    size_t bytes = 0;
+    for (int i = 0; i < b->n; i++)
+        bytes += b->len[i] + 1;
+    struct settle_ctx *s =
+        malloc(sizeof *s + (size_t)b->n * (sizeof(char *) + sizeof(size_t)) + bytes);
+    if (!s) {
+        free(b);
+        log_error("usage", "out of memory: a usage record is lost");
+        return;
+    }
+    s->cfg = config_ref(r->cfg);
+    s->nk = nk;
+    s->na = b->n - nk;
+    s->argv = (const char **)(s + 1);
+    s->lens = (size_t *)(s->argv + b->n);
+    char *p = (char *)(s->lens + b->n);
+    for (int i = 0; i < b->n; i++) {
+        memcpy(p, b->v[i], b->len[i]);
+        p[b->len[i]] = '\0';
+        s->argv[i] = p;
+        s->lens[i] = b->len[i];
+        p += b->len[i] + 1;
+    }
+    free(b);
+    if (redis_eval(r->w->redis, &script_settle, on_settle, s, s->nk, s->argv, s->lens, s->na,
+                   s->argv + s->nk, s->lens + s->nk) != 0) {
+        spool(s);
+        settle_free(s);
+    }
+}
+
+/* ---------------------------------------------------------------- per worker */
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct quota_worker *q = arg;
+    usage_replay_tick(q->replay);
+}
+
+struct quota_worker *quota_worker_new(struct worker *w)
+{
+    struct quota_worker *q = calloc(1, sizeof *q);
+    if (!q) return NULL;
+    q->w = w;
+    /* Worker 0 replays the spool (also what an earlier run left behind). */
+    if (w->index == 0 && w->cfg->redis_keys) {
+        q->replay = usage_replay_new(w->redis, w->cfg->usage_spool);
+        q->tick = event_new(w->base, -1, EV_PERSIST, on_tick, q);
+        if (!q->replay || !q->tick) {
+            quota_worker_free(q);
+            return NULL;
+        }
+        struct timeval tv = {.tv_sec = REPLAY_TICK_MS / 1000,
+                             .tv_usec = (REPLAY_TICK_MS % 1000) * 1000};
+        event_add(q->tick, &tv);
+    }
+    return q;
+}
+
+void quota_worker_free(struct quota_worker *q)
+{
+    if (!q) return;
+    if (q->tick) event_free(q->tick);
+    usage_replay_free(q->replay);
+    local_clear(q);
+    free(q);
+}
