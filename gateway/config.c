@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "common/jsonc.h"
+#include "routing/policy.h"
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum options are stored as int");
 _Static_assert(sizeof(enum provider_kind) == sizeof(int), "enum options are stored as int");
@@ -20,7 +21,7 @@ _Static_assert(sizeof(enum provider_kind) == sizeof(int), "enum options are stor
 #define MAX_API_KEYS      65536 /* auth.api_keys_sha256 entries */
 #define MAX_PROVIDERS     1024
 #define MAX_MODELS        65536
-#define MAX_TABLE_ROWS    32
+#define MAX_TABLE_ROWS    64
 #define PROVIDER_NAME_MAX 64
 #define MODEL_NAME_MAX    256
 
@@ -68,7 +69,8 @@ struct option {
 };
 
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
-static const char *const provider_kind_names[] = {"openai", "local", NULL};
+static const char *const provider_kind_names[] = {"openai", "local", "azure_openai", "anthropic",
+                                                  NULL};
 static const char *const on_redis_error_names[] = {"fail_open", "fail_closed", NULL};
 
 static int validate_address(struct parse_ctx *ctx, const cJSON *item, const char *name,
@@ -155,6 +157,11 @@ static const struct option provider_options[] = {
     ROW_MS(
         "max_wait_ms", P(max_wait_ms), 0, 0, 3600000,
         "`local`: the engine answers 429 engine_overloaded above this predicted wait (0 = never)"),
+    ROW_STRING("api_version", P(api_version), "2024-10-21", 1, 32, NULL, 0,
+               "`azure_openai`: the `api-version` query parameter (the target model names the "
+               "deployment)"),
+    ROW_STRING("anthropic_version", P(anthropic_version), "2023-06-01", 1, 32, NULL, 0,
+               "`anthropic`: the `anthropic-version` header"),
 };
 
 static const struct option model_options[] = {
@@ -235,6 +242,14 @@ static const struct option config_options[] = {
     ROW_STRING("admin.token_env", C(admin_token_env), "LLMGATE_ADMIN_TOKEN", 1, 128,
                validate_env_name, 0,
                "environment variable holding the admin API token (unset: admin API off)"),
+    ROW_STRING("policy.dir", C(policy_dir), NULL, 1, 4096, NULL, 0,
+               "directory of routing policy files (`*.json`, see policies/README.md); unset: "
+               "only the `models` section routes"),
+    {.name = "policy.watch",
+     .type = OPT_BOOL,
+     .offset = C(policy_watch),
+     .def_num = 1,
+     .doc = "reload when a file in `policy.dir` changes (inotify), as well as on SIGHUP"},
     {.name = "providers",
      .type = OPT_CUSTOM,
      .parse = parse_providers,
@@ -831,6 +846,7 @@ static void config_free(struct config *c)
         free_model(&c->models[i]);
     free(c->models);
     free(c->api_keys);
+    policy_unref(c->policy);
     secure_free(c->admin_token);
     free(c->path);
     free(c);

@@ -15,7 +15,9 @@
 
 /* Upstream API dialects: an OpenAI-compatible server, or the bundled llmgate-engine (OpenAI
  * HTTP on a unix socket, optionally started and supervised by the gateway). */
-enum provider_kind { PROVIDER_OPENAI, PROVIDER_LOCAL };
+enum provider_kind { PROVIDER_OPENAI, PROVIDER_LOCAL, PROVIDER_AZURE_OPENAI, PROVIDER_ANTHROPIC };
+
+struct policy; /* routing/policy.h */
 
 /* What quotas do while Redis is unreachable (gateway/quota.c). */
 enum quota_on_redis_error { QUOTA_FAIL_OPEN, QUOTA_FAIL_CLOSED };
@@ -39,6 +41,8 @@ struct provider_conf {
     char *chat_template; /* --chat-template override, or NULL */
     unsigned engine_threads, kv_blocks, max_batch_tokens; /* 0 = the engine's defaults */
     unsigned max_wait_ms; /* --max-wait-ms: 429 engine_overloaded bound; 0 = none */
+    char *api_version;       /* kind "azure_openai": the api-version query parameter */
+    char *anthropic_version; /* kind "anthropic": the anthropic-version header */
 };
 
 /* One entry of "models": a public model name mapped to a provider's model. */
@@ -88,6 +92,10 @@ struct config {
     unsigned usage_retention_days;    /* lifetime of the daily usage aggregates */
     char *admin_token_env;            /* environment variable holding the admin token */
     char *admin_token;                /* its value read at load time, or NULL; never log it */
+
+    char *policy_dir;   /* routing policy directory, or NULL (the models section only) */
+    bool policy_watch;  /* reload when a policy file changes (inotify) */
+    struct policy *policy; /* routes compiled for this snapshot (one reference), or NULL */
 
     struct provider_conf *providers; /* sorted by name */
     size_t n_providers;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,9 +23,12 @@
 #include "gateway/scripts.h"
 #include "gateway/supervisor.h"
 #include "gateway/worker.h"
+#include "routing/policy.h"
+#include "routing/targets.h"
 #include "routing/upstream.h"
 
-#define MAX_WORKERS 256
+#define MAX_WORKERS        256
+#define POLICY_DEBOUNCE_MS 100 /* editors write several events per save */
 
 struct daemon_state {
     const char *config_path;
@@ -32,6 +36,10 @@ struct daemon_state {
     struct gateway gw;
     struct event_base *base;
     bool stopping;
+    int inotify_fd; /* watches cfg->policy_dir, or -1 */
+    int watch_wd;
+    char *watched_dir;
+    struct event *inotify_ev, *debounce;
 };
 
 static void usage(FILE *out)
@@ -84,15 +92,30 @@ static int listen_socket(const char *addr, unsigned *port, int backlog, char *er
     return fd;
 }
 
-static void on_sighup(evutil_socket_t sig, short what, void *arg)
+/* The whole snapshot: the config file, then the policies it names, compiled against it. */
+static int load_snapshot(const char *path, struct config **out, char *err, size_t errlen)
 {
-    (void)sig;
-    (void)what;
-    struct daemon_state *d = arg;
+    if (config_load(path, out, err, errlen) != 0) return -1;
+    if (policy_load_dir(*out, (*out)->policy_dir, &(*out)->policy, err, errlen) != 0) {
+        config_unref(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void watch_policies(struct daemon_state *d);
+
+/* SIGHUP or a policy file change: a new snapshot for every worker, or the old one
+ * keeps serving and the error is logged, counted and shown on /readyz. */
+static void reload(struct daemon_state *d, const char *why)
+{
     char err[1024];
     struct config *next = NULL;
-    if (config_load(d->config_path, &next, err, sizeof err) != 0) {
-        log_error("main", "reload rejected, keeping the running configuration: %s", err);
+    if (load_snapshot(d->config_path, &next, err, sizeof err) != 0) {
+        log_error("main", "reload rejected (%s), keeping the running configuration: %s", why, err);
+        atomic_fetch_add(&routing_metrics.reloads_failed, 1);
+        routing_set_reload_error(err);
         return;
     }
     if (strcmp(next->listen_address, d->cfg->listen_address) != 0 ||
@@ -107,7 +130,73 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         worker_post_config(&d->gw.workers[i], next);
     config_unref(d->cfg);
     d->cfg = next;
-    log_info("main", "configuration reloaded from %s", d->config_path);
+    atomic_fetch_add(&routing_metrics.reloads_ok, 1);
+    routing_set_reload_error(NULL);
+    watch_policies(d);
+    log_info("main", "configuration reloaded from %s (%s), policy generation %llu, %zu route(s)",
+             d->config_path, why, (unsigned long long)next->policy->generation,
+             next->policy->n_routes);
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    reload(arg, "SIGHUP");
+}
+
+static void on_policy_debounced(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    reload(arg, "policy file changed");
+}
+
+/* inotify on the policy directory (the directory, not the files: editors write a
+ * temp file and rename it over the old one). Bursts are debounced. */
+static void on_inotify(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct daemon_state *d = arg;
+    char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    bool relevant = false;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) {
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            size_t len = ev->len ? strlen(ev->name) : 0;
+            if (ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) relevant = true;
+            if (len > 5 && ev->name[0] != '.' && strcmp(ev->name + len - 5, ".json") == 0)
+                relevant = true;
+            p += sizeof *ev + ev->len;
+        }
+    }
+    if (relevant) {
+        struct timeval tv = {0, POLICY_DEBOUNCE_MS * 1000};
+        evtimer_add(d->debounce, &tv);
+    }
+}
+
+/* (Re)points the watch at the snapshot's policy directory. */
+static void watch_policies(struct daemon_state *d)
+{
+    const char *dir = d->cfg->policy_watch ? d->cfg->policy_dir : NULL;
+    if (d->inotify_fd < 0) return;
+    if (d->watched_dir && dir && strcmp(d->watched_dir, dir) == 0 && d->watch_wd >= 0) return;
+    if (d->watch_wd >= 0) inotify_rm_watch(d->inotify_fd, d->watch_wd);
+    d->watch_wd = -1;
+    free(d->watched_dir);
+    d->watched_dir = NULL;
+    if (!dir) return;
+    d->watch_wd = inotify_add_watch(d->inotify_fd, dir,
+                                    IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE |
+                                        IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF);
+    if (d->watch_wd < 0) {
+        log_warn("main", "cannot watch %s for changes (%s); SIGHUP still reloads", dir,
+                 strerror(errno));
+        return;
+    }
+    d->watched_dir = strdup(dir);
 }
 
 static void on_sigterm(evutil_socket_t sig, short what, void *arg)
@@ -175,15 +264,21 @@ int main(int argc, char **argv)
     }
 
     char err[1024];
-    if (config_load(d.config_path, &d.cfg, err, sizeof err) != 0) {
+    d.inotify_fd = d.watch_wd = -1;
+    if (load_snapshot(d.config_path, &d.cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         if (test_only)
             fprintf(stderr, "llmgate: configuration file %s test failed\n", d.config_path);
+        targets_free_all();
         return 1;
     }
     if (test_only) {
-        printf("llmgate: configuration file %s test is successful\n", d.config_path);
+        printf("llmgate: configuration file %s test is successful (%zu route(s)%s%s)\n",
+               d.config_path, d.cfg->policy->n_routes,
+               d.cfg->policy_dir ? " with policies from " : "",
+               d.cfg->policy_dir ? d.cfg->policy_dir : "");
         config_unref(d.cfg);
+        targets_free_all();
         return 0;
     }
     if (port_override >= 0) d.cfg->port = (unsigned)port_override;
@@ -226,6 +321,13 @@ int main(int argc, char **argv)
     evsignal_add(hup, NULL);
     evsignal_add(term, NULL);
     evsignal_add(intr, NULL);
+    d.inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    d.debounce = evtimer_new(d.base, on_policy_debounced, &d);
+    if (d.inotify_fd >= 0 && d.debounce) {
+        d.inotify_ev = event_new(d.base, d.inotify_fd, EV_READ | EV_PERSIST, on_inotify, &d);
+        if (d.inotify_ev) event_add(d.inotify_ev, NULL);
+        watch_policies(&d);
+    }
     for (unsigned i = 0; i < n; i++) {
         if (worker_start(&d.gw.workers[i]) != 0) {
             fprintf(stderr, "llmgate: cannot start worker thread %u\n", i);
@@ -250,10 +352,15 @@ int main(int argc, char **argv)
     event_free(hup);
     event_free(term);
     event_free(intr);
+    if (d.inotify_ev) event_free(d.inotify_ev);
+    if (d.debounce) event_free(d.debounce);
+    if (d.inotify_fd >= 0) close(d.inotify_fd);
+    free(d.watched_dir);
     event_base_free(d.base);
     free(d.gw.workers);
     config_unref(d.cfg);
     accesslog_close();
     upstream_global_cleanup();
+    targets_free_all();
     return 0;
 }

@@ -1,6 +1,12 @@
 /* Dispatch to the routed upstream and relay of its answer: buffered JSON passed
  * through after a sanity check, or SSE events re-framed as they arrive, with
- * backpressure toward the upstream and OpenAI-shaped failures. */
+ * backpressure toward the upstream and OpenAI-shaped failures. Dispatch is an
+ * attempt loop over the route's targets: a failure the route's policy names,
+ * before any byte reached the client, retries the target (backoff with jitter,
+ * Retry-After, retry budget) or moves to the next one (breakers, cooldowns).
+ * Provider adapters (routing/adapter.h) build each attempt's request and turn
+ * foreign answers into OpenAI JSON and chunks. */
+#define _GNU_SOURCE /* strptime, timegm */
 #include "gateway/relay.h"
 
 #include <cjson/cJSON.h>
@@ -14,21 +20,39 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/queue.h>
+#include <time.h>
 
 #include "autoconf.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "gateway/quota.h"
+#include "routing/adapter.h"
+#include "routing/policy.h"
+#include "routing/targets.h"
 #include "routing/upstream.h"
 
 #define MAX_UPSTREAM_BODY  (64u << 20)  /* buffered (non-streamed) upstream answers */
 #define MAX_SSE_EVENT      (4u << 20)   /* one upstream SSE event */
 #define OUT_HIGH_WATERMARK (256u << 10) /* client output above this pauses the upstream */
 
+/* x-llmgate-provider/-model/-attempts: where the response was served (or last tried). */
+static void route_headers(struct request *r)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    char n[16];
+    if (r->attempts && r->target.provider) {
+        evhttp_add_header(h, "x-llmgate-provider", r->target.provider->name);
+        evhttp_add_header(h, "x-llmgate-model", r->target.upstream_model);
+    }
+    snprintf(n, sizeof n, "%u", r->attempts);
+    evhttp_add_header(h, "x-llmgate-attempts", n);
+}
+
 /* Answers with an OpenAI-shaped error before anything else was sent. */
 static void fail_before_reply(struct request *r, int status, const char *type, const char *code,
                               const char *fmt, const char *detail)
 {
+    route_headers(r);
     request_fail(r, status, type, code, NULL, fmt, detail ? detail : "");
 }
 
@@ -53,6 +77,7 @@ static void start_stream_reply(struct request *r)
     evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_add_header(h, "X-Accel-Buffering", "no");
+    route_headers(r);
     evhttp_send_reply_start(req, 200, "OK");
     r->state = RS_STREAMING;
     r->status = 200;
@@ -82,10 +107,11 @@ static int flush_frames(struct request *r)
     return evbuffer_get_length(out) > OUT_HIGH_WATERMARK;
 }
 
-static int on_sse_event(void *ud, const struct sse_event *ev)
+/* One OpenAI-shaped event (the upstream's, or an adapter's translation) toward the client. */
+static int relay_event(struct request *r, const struct sse_event *ev)
 {
-    struct request *r = ud;
-    if (r->saw_done) return 0; /* nothing after [DONE] */
+    if (r->saw_done) return 0;                     /* nothing after [DONE] */
+    if (r->ttft_timer) evtimer_del(r->ttft_timer); /* the first token arrived */
     if (sse_is_done(ev)) {
         r->saw_done = true;
     } else {
@@ -118,6 +144,28 @@ static int on_sse_event(void *ud, const struct sse_event *ev)
         p = nl ? nl + 1 : end;
     } while (p < end);
     evbuffer_add(r->frame, "\n", 1);
+    return 0;
+}
+
+static void emit_translated(void *ud, const char *data, size_t len)
+{
+    struct request *r = ud;
+    struct sse_event ev = {.data = data, .data_len = len};
+    if (relay_event(r, &ev) != 0) r->adapter_failed = true;
+}
+
+static int on_sse_event(void *ud, const struct sse_event *ev)
+{
+    struct request *r = ud;
+    if (!r->adapter_state) return relay_event(r, ev);
+    int failure = PF_SERVER_ERROR;
+    int rc = r->adapter->stream_event(r->adapter_state, ev->event, ev->event_len, ev->data,
+                                      ev->data_len, emit_translated, r, &failure);
+    if (rc < 0 || r->adapter_failed) {
+        r->stream_failure = failure;
+        r->error = "upstream_malformed";
+        return 1;
+    }
     return 0;
 }
 
@@ -259,11 +307,31 @@ static void finish_buffered(struct request *r)
     request_end(r);
 }
 
-static void on_up_done(void *ud, enum upstream_result res, const char *detail)
+#define MAX_FORWARDED 32
+
+/* Whether header name is in the provider's forward_headers list ("a, b-*"). */
+static bool forward_match(const char *list, const char *name)
 {
-    struct request *r = ud;
-    r->xfer = NULL;
-    r->t_up_end_us = util_now_us();
+    size_t nlen = strlen(name);
+    for (const char *s = list; *s;) {
+        while (*s == ' ' || *s == ',')
+            s++;
+        const char *start = s;
+        while (*s && *s != ',' && *s != ' ')
+            s++;
+        size_t n = (size_t)(s - start);
+        if (n == 0) break;
+        if (start[n - 1] == '*' ? nlen >= n - 1 && strncasecmp(start, name, n - 1) == 0
+                                : nlen == n && strncasecmp(start, name, n) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The old single-target ending of a failed or finished attempt: the client gets
+ * the answer, or the failure as a clean HTTP error (502/504, 4xx passed through). */
+static void reply_outcome(struct request *r, enum upstream_result res, const char *detail)
+{
     if (r->up_sse) {
         finish_stream(r, res, detail);
         return;
@@ -288,100 +356,415 @@ static void on_up_done(void *ud, enum upstream_result res, const char *detail)
     finish_buffered(r);
 }
 
+/* ---------------------------------------------------------------- attempts */
+
+static enum policy_failure failure_of_result(enum upstream_result res)
+{
+    if (is_timeout(res)) return PF_TIMEOUT;
+    if (res == UPSTREAM_ERR_CONNECT) return PF_CONNECT_ERROR;
+    return PF_SERVER_ERROR;
+}
+
+/* A buffered answer in another dialect becomes OpenAI JSON in r->body; false when
+ * it could not be translated. */
+static bool translate_body(struct request *r)
+{
+    if (!r->adapter->finish) return true;
+    size_t len = evbuffer_get_length(r->body), out_len = 0;
+    struct adapter_call c = {.provider = r->target.provider,
+                             .upstream_model = r->target.upstream_model};
+    char *json = r->adapter->finish(&c, r->up_status, (const char *)evbuffer_pullup(r->body, -1),
+                                    len, &out_len);
+    if (!json) return false;
+    evbuffer_drain(r->body, len);
+    evbuffer_add(r->body, json, out_len);
+    free(json);
+    return true;
+}
+
+/* What went wrong with a finished attempt, as a policy failure; -1 when it
+ * succeeded or the error is the client's own (never failed over). */
+static int classify_outcome(struct request *r, enum upstream_result res)
+{
+    if (r->up_sse) {
+        bool complete =
+            res == UPSTREAM_OK && r->saw_done && !r->adapter_failed && r->stream_failure < 0;
+        if (complete) return -1;
+        if (r->stream_failure >= 0) return r->stream_failure;
+        return res == UPSTREAM_OK ? PF_SERVER_ERROR : (int)failure_of_result(res);
+    }
+    if (res != UPSTREAM_OK) {
+        if (res == UPSTREAM_ERR_INTERNAL ||
+            (r->error && strcmp(r->error, "upstream_too_large") == 0))
+            return -1;
+        return failure_of_result(res);
+    }
+    size_t len = evbuffer_get_length(r->body);
+    const char *body = (const char *)evbuffer_pullup(r->body, -1);
+    if (r->up_status != 200) return r->adapter->classify(r->up_status, body, len);
+    if (r->oai.stream) return PF_SERVER_ERROR; /* answered a stream request without one */
+    if (!translate_body(r)) return PF_SERVER_ERROR;
+    cJSON *doc = cJSON_ParseWithLength((const char *)evbuffer_pullup(r->body, -1),
+                                       evbuffer_get_length(r->body));
+    bool ok = cJSON_IsObject(doc);
+    cJSON_Delete(doc);
+    return ok ? -1 : PF_SERVER_ERROR;
+}
+
+/* Retry-After: delay-seconds or an HTTP-date; -1 when absent or unreadable. */
+static long retry_after_ms(const char *v)
+{
+    if (!v || !*v) return -1;
+    char *end;
+    double secs = strtod(v, &end);
+    if (end != v && *end == '\0')
+        return secs < 0 ? -1 : secs > 86400 ? 86400000 : (long)(secs * 1000);
+    struct tm tm = {0};
+    if (!strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm)) return -1;
+    long long delta = (long long)timegm(&tm) * 1000 - (long long)util_wall_ms();
+    return delta < 0 ? 0 : delta > 86400000 ? 86400000 : (long)delta;
+}
+
+/* Full-jitter exponential backoff for the n-th retry (n >= 1). */
+static unsigned backoff_ms(const struct policy_route *route, unsigned n)
+{
+    uint64_t cap = route->backoff_ms;
+    for (unsigned i = 1; i < n && cap < route->backoff_max_ms; i++)
+        cap *= 2;
+    if (cap > route->backoff_max_ms) cap = route->backoff_max_ms;
+    return (unsigned)(router_random() % (cap + 1));
+}
+
+static bool route_active(const struct request *r)
+{
+    return r->plan.route && !r->plan.route->implicit;
+}
+
+/* Moves to the first usable target at or after attempt_idx (skipping open
+ * breakers and cooling targets); false when none is left. */
+static bool pick_target(struct request *r)
+{
+    uint64_t now = util_now_ms();
+    for (; r->attempt_idx < r->plan.n; r->attempt_idx++) {
+        struct route_target *t = &r->plan.c[r->attempt_idx];
+        bool same = r->retry_same;
+        r->retry_same = false;
+        if (t->state && route_active(r)) {
+            uint64_t left = 0;
+            /* A retry that waited out the Retry-After is not skipped for its own cooldown. */
+            if (!same && targets_cooling(t->state, now, &left)) {
+                atomic_fetch_add(&routing_metrics.skipped_cool, 1);
+                if (!r->cool_left_ms || left < r->cool_left_ms) r->cool_left_ms = left;
+                continue;
+            }
+            bool probe = false;
+            if (!breaker_allow(&t->state->breaker, &r->plan.route->breaker, now, &probe)) {
+                atomic_fetch_add(&routing_metrics.skipped_open, 1);
+                continue;
+            }
+            r->probe = probe;
+        }
+        if (!same) r->tries_on_target = 0;
+        r->target = *t;
+        return true;
+    }
+    return false;
+}
+
+static void release_probe(struct request *r)
+{
+    if (r->probe && r->target.state) breaker_release_probe(&r->target.state->breaker);
+    r->probe = false;
+}
+
+static void record_outcome(struct request *r, int pf)
+{
+    if (!r->target.state || !route_active(r)) return;
+    if (pf == PF_RATE_LIMITED) {
+        release_probe(r); /* a 429 says nothing of the target's health: cooldowns handle it */
+        return;
+    }
+    bool ok = pf < 0 || pf == PF_CONTEXT_LENGTH;
+    if (!ok) atomic_fetch_add(&r->target.state->failures, 1);
+    breaker_record(&r->target.state->breaker, &r->plan.route->breaker, ok, r->probe, util_now_ms());
+    r->probe = false;
+}
+
+/* Per-attempt state back to a fresh exchange. */
+static void attempt_reset(struct request *r)
+{
+    free(r->up_body);
+    r->up_body = NULL;
+    r->up_status = 0;
+    r->up_sse = r->saw_done = r->paused = r->adapter_failed = false;
+    r->stream_failure = -1;
+    r->retry_after[0] = '\0';
+    r->error = NULL;
+    evbuffer_drain(r->body, evbuffer_get_length(r->body));
+    evbuffer_drain(r->frame, evbuffer_get_length(r->frame));
+    sse_parser_reset(&r->sse);
+    if (r->adapter_state) r->adapter->stream_free(r->adapter_state);
+    r->adapter_state = NULL;
+}
+
+static void on_up_done(void *ud, enum upstream_result res, const char *detail);
+static void on_ttft(evutil_socket_t fd, short what, void *arg);
+static void on_retry_timer(evutil_socket_t fd, short what, void *arg);
+
 static const struct upstream_callbacks up_callbacks = {
     .on_head = on_up_head,
     .on_data = on_up_data,
     .on_done = on_up_done,
 };
 
-static const char *endpoint_suffix(enum oai_endpoint ep)
+static unsigned pick_ms(unsigned route_ms, unsigned provider_ms)
 {
-    switch (ep) {
-    case OAI_CHAT: return "/chat/completions";
-    case OAI_COMPLETIONS: return "/completions";
-    case OAI_EMBEDDINGS: return "/embeddings";
-    }
-    return "";
+    return route_ms ? route_ms : provider_ms;
 }
 
-#define MAX_FORWARDED 32
-
-/* Whether header name is in the provider's forward_headers list ("a, b-*"). */
-static bool forward_match(const char *list, const char *name)
+static void arm_ms(struct event *ev, unsigned ms)
 {
-    size_t nlen = strlen(name);
-    for (const char *s = list; *s;) {
-        while (*s == ' ' || *s == ',')
-            s++;
-        const char *start = s;
-        while (*s && *s != ',' && *s != ' ')
-            s++;
-        size_t n = (size_t)(s - start);
-        if (n == 0) break;
-        if (start[n - 1] == '*' ? nlen >= n - 1 && strncasecmp(start, name, n - 1) == 0
-                                : nlen == n && strncasecmp(start, name, n) == 0)
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(ev, &tv);
+}
+
+/* Starts an attempt on the next usable target. Returns 1 when a transfer runs,
+ * 0 when no target is left (nothing was changed but attempt_idx), -1 when the
+ * request was answered (internal error). */
+static int try_start(struct request *r)
+{
+    for (; pick_target(r); r->attempt_idx++) {
+        const struct provider_conf *p = r->target.provider;
+        const struct adapter *ad = adapter_for(p->kind);
+        char *body = oai_request_render(&r->oai, r->target.upstream_model, NULL);
+        if (!body) {
+            release_probe(r);
+            fail_before_reply(r, 500, "server_error", "internal_error", "%s",
+                              "The gateway could not build the upstream request.");
+            return -1;
+        }
+        struct adapter_call call = {
+            .provider = p,
+            .upstream_model = r->target.upstream_model,
+            .endpoint = r->oai.endpoint == OAI_CHAT          ? ADAPTER_CHAT
+                        : r->oai.endpoint == OAI_COMPLETIONS ? ADAPTER_COMPLETIONS
+                                                             : ADAPTER_EMBEDDINGS,
+            .stream = r->oai.stream,
+            .body = body,
+            .body_len = strlen(body),
+        };
+        struct adapter_out out;
+        int rc = ad->build(&call, &out);
+        if (rc != 0) {
+            free(body);
+            release_probe(r);
+            if (rc == ADAPTER_UNSUPPORTED) continue; /* this provider cannot serve it */
+            fail_before_reply(r, 500, "server_error", "internal_error", "%s",
+                              "The gateway could not build the upstream request.");
+            return -1;
+        }
+        attempt_reset(r);
+        r->adapter = ad;
+        /* The stream state reads the OpenAI body (stream_options), not the translation. */
+        if (ad->stream_new && r->oai.stream && !(r->adapter_state = ad->stream_new(&call))) {
+            free(body);
+            free(out.body);
+            release_probe(r);
+            fail_before_reply(r, 503, "server_error", "overloaded", "%s",
+                              "The gateway is out of memory.");
+            return -1;
+        }
+        if (out.body) {
+            free(body);
+            r->up_body = out.body;
+            r->up_body_len = out.body_len;
+        } else {
+            r->up_body = body;
+            r->up_body_len = call.body_len;
+        }
+        char rid[96];
+        const char *headers[4 + ADAPTER_MAX_HEADERS + MAX_FORWARDED];
+        char *fwd[MAX_FORWARDED];
+        size_t nh = 0, nfwd = 0;
+        headers[nh++] = "Content-Type: application/json";
+        headers[nh++] = r->oai.stream ? "Accept: text/event-stream" : "Accept: application/json";
+        headers[nh++] = "User-Agent: llmgate/" PACKAGE_VERSION;
+        snprintf(rid, sizeof rid, "x-request-id: %s", r->id);
+        headers[nh++] = rid;
+        for (size_t i = 0; i < out.n_headers; i++)
+            headers[nh++] = out.headers[i];
+        if (p->forward_headers) {
+            struct evkeyval *kv;
+            TAILQ_FOREACH(kv, evhttp_request_get_input_headers(r->req), next)
+            {
+                if (nfwd == MAX_FORWARDED || !forward_match(p->forward_headers, kv->key)) continue;
+                size_t need = strlen(kv->key) + strlen(kv->value) + 3;
+                if (!(fwd[nfwd] = malloc(need))) break;
+                snprintf(fwd[nfwd], need, "%s: %s", kv->key, kv->value);
+                headers[nh++] = fwd[nfwd++];
+            }
+        }
+        const struct policy_route *route = route_active(r) ? r->plan.route : NULL;
+        struct upstream_request ureq = {
+            .url = out.url,
+            .body = r->up_body,
+            .body_len = r->up_body_len,
+            .headers = headers,
+            .n_headers = nh,
+            .unix_socket = p->unix_socket, /* local providers: the engine's socket */
+            .connect_ms = pick_ms(route ? route->connect_ms : 0, p->connect_timeout_ms),
+            .first_byte_ms = pick_ms(route ? route->first_token_ms : 0, p->first_byte_timeout_ms),
+            .idle_ms = pick_ms(route ? route->idle_ms : 0, p->idle_timeout_ms),
+            .total_ms = pick_ms(route ? route->total_ms : 0, p->total_timeout_ms),
+        };
+        if (!r->t_up_us) r->t_up_us = util_now_us();
+        r->xfer = upstream_start(r->w->up, &ureq, &up_callbacks, r);
+        explicit_bzero(out.headers, sizeof out.headers);
+        for (size_t i = 0; i < nfwd; i++)
+            free(fwd[i]);
+        if (!r->xfer) {
+            release_probe(r);
+            fail_before_reply(r, 500, "server_error", "internal_error", "%s",
+                              "The gateway could not start the upstream request.");
+            return -1;
+        }
+        r->attempts++;
+        r->tries_on_target++;
+        atomic_fetch_add(&routing_metrics.attempts, 1);
+        if (r->target.state) {
+            atomic_fetch_add(&r->target.state->attempts, 1);
+            if (r->tries_on_target == 1 && route)
+                budget_deposit(&r->target.state->ps->budget, route->budget_permille);
+        }
+        /* Streams: the first token must come within first_token_ms (the head may come
+         * long before it); after that the idle timeout applies. */
+        if (route && route->first_token_ms && r->oai.stream) {
+            if (!r->ttft_timer) r->ttft_timer = evtimer_new(r->w->base, on_ttft, r);
+            if (r->ttft_timer) arm_ms(r->ttft_timer, route->first_token_ms);
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* No target could be tried at all: every one is cooling down or its breaker is open. */
+static void reply_no_target(struct request *r)
+{
+    atomic_fetch_add(&routing_metrics.no_target, 1);
+    if (r->cool_left_ms) {
+        char ra[32];
+        snprintf(ra, sizeof ra, "%llu", (unsigned long long)(r->cool_left_ms + 999) / 1000);
+        evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", ra);
+        fail_before_reply(r, 429, "rate_limit_error", "rate_limit_exceeded", "%s",
+                          "Every provider of this model is rate limited; retry after the "
+                          "Retry-After delay.");
+        return;
+    }
+    fail_before_reply(r, 503, "server_error", "no_target_available", "%s",
+                      "No provider of this model is available right now (circuit open).");
+}
+
+/* A failure before anything reached the client: retry the target or move on, as the
+ * route says. Returns true when it took the request over. */
+static bool failover(struct request *r, int pf, enum upstream_result res, const char *detail)
+{
+    const struct policy_route *route = r->plan.route;
+    r->last_failure = pf;
+    r->last_res = res;
+    r->last_detail = detail;
+    if (!route_active(r) || !(route->fallback_on & PF_BIT(pf))) return false;
+    long ra = pf == PF_RATE_LIMITED ? retry_after_ms(r->retry_after) : -1;
+    uint64_t now = util_now_ms();
+    if (ra > 0 && r->target.state) targets_cool_until(r->target.state, now + (uint64_t)ra);
+    bool short_ra = ra >= 0 && (unsigned long)ra <= route->retry_after_max_ms;
+    bool may_retry = r->tries_on_target <= route->retry_attempts && pf != PF_CONTEXT_LENGTH &&
+                     (pf != PF_RATE_LIMITED || short_ra || ra < 0);
+    if (may_retry && r->target.state && budget_withdraw(&r->target.state->ps->budget)) {
+        unsigned delay = ra >= 0 ? (unsigned)ra : backoff_ms(route, r->tries_on_target);
+        if (!r->retry_timer) r->retry_timer = evtimer_new(r->w->base, on_retry_timer, r);
+        if (r->retry_timer) {
+            log_info("request", "%s: %s from %s/%s, retrying in %u ms", r->id,
+                     policy_failure_name(pf), r->target.provider->name, r->target.upstream_model,
+                     delay);
+            atomic_fetch_add(&routing_metrics.retries, 1);
+            r->retry_same = true;
+            arm_ms(r->retry_timer, delay);
             return true;
-    }
-    return false;
-}
-
-/* dispatch: render the upstream body and start the transfer. */
-enum stage_rc relay_dispatch(struct request *r)
-{
-    const struct provider_conf *p = r->target.provider;
-    r->up_body = oai_request_render(&r->oai, r->target.upstream_model, &r->up_body_len);
-    char url[2048];
-    int n = snprintf(url, sizeof url, "%s%s", p->base_url, endpoint_suffix(r->oai.endpoint));
-    if (!r->up_body || n <= 0 || (size_t)n >= sizeof url) {
-        return request_fail(r, 500, "server_error", "internal_error", NULL, "%s",
-                            "The gateway could not build the upstream request.");
-    }
-    char auth[600], rid[96];
-    const char *headers[5 + MAX_FORWARDED];
-    char *fwd[MAX_FORWARDED];
-    size_t nh = 0, nfwd = 0;
-    headers[nh++] = "Content-Type: application/json";
-    headers[nh++] = r->oai.stream ? "Accept: text/event-stream" : "Accept: application/json";
-    headers[nh++] = "User-Agent: llmgate/" PACKAGE_VERSION;
-    snprintf(rid, sizeof rid, "x-request-id: %s", r->id);
-    headers[nh++] = rid;
-    if (p->api_key) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", p->api_key);
-        headers[nh++] = auth;
-    }
-    if (p->forward_headers) {
-        struct evkeyval *kv;
-        TAILQ_FOREACH(kv, evhttp_request_get_input_headers(r->req), next)
-        {
-            if (nfwd == MAX_FORWARDED || !forward_match(p->forward_headers, kv->key)) continue;
-            size_t need = strlen(kv->key) + strlen(kv->value) + 3;
-            if (!(fwd[nfwd] = malloc(need))) break;
-            snprintf(fwd[nfwd], need, "%s: %s", kv->key, kv->value);
-            headers[nh++] = fwd[nfwd++];
         }
     }
-    struct upstream_request ureq = {
-        .url = url,
-        .body = r->up_body,
-        .body_len = r->up_body_len,
-        .headers = headers,
-        .n_headers = nh,
-        .unix_socket = p->unix_socket, /* local providers: the engine's socket */
-        .connect_ms = p->connect_timeout_ms,
-        .first_byte_ms = p->first_byte_timeout_ms,
-        .idle_ms = p->idle_timeout_ms,
-        .total_ms = p->total_timeout_ms,
-    };
-    r->t_up_us = util_now_us();
-    r->xfer = upstream_start(r->w->up, &ureq, &up_callbacks, r);
-    if (p->api_key) memset(auth, 0, sizeof auth);
-    for (size_t i = 0; i < nfwd; i++)
-        free(fwd[i]);
-    if (!r->xfer) {
-        return request_fail(r, 500, "server_error", "internal_error", NULL, "%s",
-                            "The gateway could not start the upstream request.");
+    if (r->attempt_idx + 1 >= r->plan.n) return false;
+    unsigned at = r->attempt_idx;
+    struct route_target failed = r->target;
+    r->attempt_idx++;
+    int rc = try_start(r);
+    if (rc == 0) {
+        r->attempt_idx = at;
+        r->target = failed;
+        return false;
     }
-    return STAGE_ASYNC;
+    if (rc > 0) {
+        atomic_fetch_add(&routing_metrics.fallbacks, 1);
+        log_info("request", "%s: %s from %s/%s, falling back to %s/%s", r->id,
+                 policy_failure_name(pf), failed.provider->name, failed.upstream_model,
+                 r->target.provider->name, r->target.upstream_model);
+    }
+    return true;
+}
+
+static void on_retry_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct request *r = arg;
+    unsigned at = r->attempt_idx;
+    struct route_target failed = r->target;
+    if (try_start(r) == 0) {
+        /* The target closed meanwhile and nothing else is left: the last failure stands. */
+        r->attempt_idx = at;
+        r->target = failed;
+        if (!r->up_sse && r->last_res == UPSTREAM_OK && r->up_status != 200) translate_body(r);
+        reply_outcome(r, (enum upstream_result)r->last_res, r->last_detail);
+    }
+}
+
+/* The first token did not come in time: this attempt failed with a timeout. */
+static void on_ttft(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct request *r = arg;
+    if (!r->xfer || r->state == RS_STREAMING) return;
+    /* We are in a libevent callback, where removing a curl handle is allowed. */
+    upstream_cancel(r->xfer);
+    r->xfer = NULL;
+    r->up_sse = false; /* nothing relayed: report as a failed exchange */
+    on_up_done(r, UPSTREAM_ERR_TIMEOUT_FIRST_BYTE, "no first token in time");
+}
+
+static void on_up_done(void *ud, enum upstream_result res, const char *detail)
+{
+    struct request *r = ud;
+    r->xfer = NULL;
+    r->t_up_end_us = util_now_us();
+    if (r->ttft_timer) evtimer_del(r->ttft_timer);
+    int pf = classify_outcome(r, res);
+    record_outcome(r, pf);
+    if (pf >= 0 && r->state != RS_STREAMING && failover(r, pf, res, detail)) return;
+    if (pf >= 0 && r->state == RS_STREAMING) atomic_fetch_add(&routing_metrics.stream_errors, 1);
+    /* Foreign error bodies reach the client in OpenAI's shape. */
+    if (!r->up_sse && res == UPSTREAM_OK && r->up_status != 200 && r->adapter->finish)
+        translate_body(r);
+    reply_outcome(r, res, detail);
+}
+
+/* dispatch: the first usable target of the plan. */
+enum stage_rc relay_dispatch(struct request *r)
+{
+    atomic_fetch_add(&routing_metrics.requests, 1);
+    int rc = try_start(r);
+    if (rc > 0) return STAGE_ASYNC;
+    if (rc == 0) reply_no_target(r);
+    return STAGE_DONE;
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -389,6 +772,9 @@ enum stage_rc relay_dispatch(struct request *r)
 int relay_init(struct request *r)
 {
     r->state = RS_UPSTREAM;
+    r->last_failure = -1;
+    r->stream_failure = -1;
+    r->adapter = &adapter_openai;
     r->body = evbuffer_new();
     r->frame = evbuffer_new();
     sse_parser_init(&r->sse, MAX_SSE_EVENT, on_sse_event, r);
@@ -401,13 +787,21 @@ void relay_free(struct request *r)
     sse_parser_free(&r->sse);
     if (r->body) evbuffer_free(r->body);
     if (r->frame) evbuffer_free(r->frame);
+    if (r->retry_timer) event_free(r->retry_timer);
+    if (r->ttft_timer) event_free(r->ttft_timer);
+    if (r->adapter_state) r->adapter->stream_free(r->adapter_state);
     free(r->up_body);
     r->body = r->frame = NULL;
+    r->retry_timer = r->ttft_timer = NULL;
+    r->adapter_state = NULL;
     r->up_body = NULL;
 }
 
 void relay_cancel(struct request *r)
 {
+    if (r->retry_timer) evtimer_del(r->retry_timer);
+    if (r->ttft_timer) evtimer_del(r->ttft_timer);
+    release_probe(r);
     if (!r->xfer) return;
     upstream_cancel(r->xfer);
     r->xfer = NULL;

@@ -43,10 +43,29 @@ static enum stage_rc stage_parse(struct request *r)
     return STAGE_DONE;
 }
 
+/* The tenant routes match on; NULL until the request has a tenant key. */
+const char *request_tenant(const struct request *r)
+{
+    (void)r;
+    return NULL;
+}
+
 /* route: the snapshot's target for the asked model; 404 when there is none. */
+static const char *route_header(void *ud, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(ud), name);
+}
+
 static enum stage_rc stage_route(struct request *r)
 {
-    if (router_resolve(r->cfg, r->oai.model, &r->target) == 0) return STAGE_NEXT;
+    struct route_query q = {.model = r->oai.model,
+                            .tenant = request_tenant(r),
+                            .header = route_header,
+                            .ud = r->req};
+    if (router_plan(r->cfg, &q, router_random(), &r->plan) == 0) {
+        r->target = r->plan.c[0];
+        return STAGE_NEXT;
+    }
     return request_fail(r, 404, "invalid_request_error", "model_not_found", "model",
                         "The model `%.200s` does not exist or you do not have access to it.",
                         r->oai.model);

@@ -18,6 +18,8 @@
 struct evhttp_request;
 struct evbuffer;
 struct upstream_xfer;
+struct adapter;
+struct event;
 
 /* What a stage did. */
 enum stage_rc {
@@ -80,7 +82,23 @@ struct request {
 
     /* parse / route */
     struct oai_request oai;
-    struct route_target target;
+    struct route_plan plan;     /* targets in the order they may be tried */
+    struct route_target target; /* the one being (or last) tried: plan.c[attempt_idx] */
+    unsigned attempt_idx;       /* index in plan of the current target */
+    unsigned attempts;          /* upstream attempts so far (x-llmgate-attempts) */
+    unsigned tries_on_target;   /* attempts on the current target */
+    bool probe;                 /* the attempt holds a half-open breaker probe slot */
+    int last_failure;           /* enum policy_failure of the last failed attempt, -1 none */
+    uint64_t cool_left_ms;      /* shortest cooldown among targets skipped for a 429 */
+    struct event *retry_timer;  /* backoff / Retry-After before the next attempt */
+    struct event *ttft_timer;   /* first-token deadline of a stream */
+    const struct adapter *adapter; /* the current target's wire format */
+    void *adapter_state;           /* its stream translation state */
+    bool adapter_failed;           /* a translated event was malformed */
+    int stream_failure;            /* enum policy_failure of a broken stream */
+    bool retry_same;               /* the next attempt is the current target again */
+    int last_res;                  /* enum upstream_result of the last failed attempt */
+    const char *last_detail;       /* and its static detail */
 
     /* dispatch and relay (gateway/relay.c) */
     char *up_body;
@@ -135,6 +153,8 @@ enum client_gone {
 };
 /* The client went away: stop all work for r and finish. */
 void request_client_gone(struct request *r, enum client_gone how);
+/* The tenant of r's API key, or NULL (static keys, auth off). */
+const char *request_tenant(const struct request *r);
 /* The evhttp request a request answers. */
 struct evhttp_request *request_evreq(const struct request *r);
 
