@@ -4,9 +4,9 @@ UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS)
 UNIT_LIBS = $(GATEWAY_LIBS) $(CMOCKA_LIBS)
 
 check_PROGRAMS += tests/unit/test_jsonc tests/unit/test_config tests/unit/test_sse tests/unit/test_openai \
-	tests/unit/test_auth
+	tests/unit/test_auth tests/unit/test_jsonv
 TESTS += tests/unit/test_jsonc tests/unit/test_config tests/unit/test_sse tests/unit/test_openai \
-	tests/unit/test_auth
+	tests/unit/test_auth tests/unit/test_jsonv
 
 tests_unit_test_jsonc_SOURCES = tests/unit/test_jsonc.c
 tests_unit_test_jsonc_CFLAGS = $(UNIT_CFLAGS)
@@ -23,4 +23,7 @@ tests_unit_test_openai_LDADD = $(UNIT_LIBS)
 tests_unit_test_auth_SOURCES = tests/unit/test_auth.c
 tests_unit_test_auth_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_auth_LDADD = $(UNIT_LIBS)
+tests_unit_test_jsonv_SOURCES = tests/unit/test_jsonv.c
+tests_unit_test_jsonv_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_jsonv_LDADD = $(UNIT_LIBS)
 endif
