@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "gateway/auth.h"
 #include "gateway/keys.h"
+#include "gateway/routing_admin.h"
 #include "gateway/scripts.h"
 #include "gateway/usage.h"
 #include "gateway/worker.h"
@@ -269,6 +270,7 @@ enum stage_rc admin_handle(struct request *r)
     enum evhttp_cmd_type m = evhttp_request_get_command(r->req);
     if (ns <= 0) return bad(r, 404, "unknown_url", "Unknown admin URL.");
 
+    if (strcmp(seg[0], "policy") == 0 && ns == 1) return routing_admin_policy(r);
     if (strcmp(seg[0], "usage") == 0 && ns == 1) {
         if (m != EVHTTP_REQ_GET) return bad(r, 405, "method_not_allowed", "Use GET.");
         struct evkeyvalq q;

@@ -11,6 +11,7 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/relay.c gateway/relay.h \
 	gateway/accesslog.c gateway/accesslog.h \
 	gateway/health.c gateway/health.h \
+	gateway/routing_admin.c gateway/routing_admin.h \
 	gateway/scripts.c gateway/scripts.h \
 	gateway/keys.c gateway/keys.h \
 	gateway/quota.c gateway/quota.h \

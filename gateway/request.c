@@ -46,8 +46,7 @@ static enum stage_rc stage_parse(struct request *r)
 /* The tenant routes match on; NULL until the request has a tenant key. */
 const char *request_tenant(const struct request *r)
 {
-    (void)r;
-    return NULL;
+    return r->key ? r->key->tenant : NULL;
 }
 
 /* route: the snapshot's target for the asked model; 404 when there is none. */

@@ -19,6 +19,7 @@
 #include "gateway/auth.h"
 #include "gateway/health.h"
 #include "gateway/request.h"
+#include "gateway/routing_admin.h"
 
 /* ---------------------------------------------------------------- replies */
 
@@ -175,14 +176,33 @@ static void handle_readyz(struct worker *w, struct evhttp_request *req, const ch
         pos += (size_t)snprintf(buf + pos, sizeof buf - pos, "%s\"%.64s\":\"%s\"", i ? "," : "",
                                 w->cfg->providers[i].name, s);
     }
-    pos += (size_t)snprintf(buf + pos, sizeof buf - pos, "},\"status\":\"%s\"}",
+    if (pos < sizeof buf - 1600) {
+        pos += (size_t)snprintf(buf + pos, sizeof buf - pos, "},\"policy\":");
+        pos += routing_admin_ready_detail(w->cfg, buf + pos, 1400);
+    } else {
+        pos += (size_t)snprintf(buf + pos, sizeof buf - pos, "}");
+    }
+    pos += (size_t)snprintf(buf + pos, sizeof buf - pos, ",\"status\":\"%s\"}",
                             ready ? "ready" : "not_ready");
     reply_json(req, ready ? 200 : 503, ready ? "OK" : "Service Unavailable", buf, pos, rid,
                w->draining);
 }
 
+/* GET /metrics: Prometheus text (routing counters). */
+static void handle_metrics(struct worker *w, struct evhttp_request *req, const char *rid)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (b) routing_admin_metrics(b);
+    server_common_headers(req, rid, w->draining);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_remove_header(h, "Content-Type");
+    evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    evhttp_send_reply(req, 200, "OK", b);
+    if (b) evbuffer_free(b);
+}
+
 /* Probes are answered here; everything else runs a request pipeline. */
-enum endpoint_kind { EP_HEALTHZ, EP_READYZ, EP_PIPELINE };
+enum endpoint_kind { EP_HEALTHZ, EP_READYZ, EP_METRICS, EP_PIPELINE };
 
 static const struct endpoint {
     const char *path;
@@ -192,6 +212,7 @@ static const struct endpoint {
 } endpoints[] = {
     {"/healthz", EVHTTP_REQ_GET, EP_HEALTHZ, 0},
     {"/readyz", EVHTTP_REQ_GET, EP_READYZ, 0},
+    {"/metrics", EVHTTP_REQ_GET, EP_METRICS, 0},
     {"/v1/models", EVHTTP_REQ_GET, EP_PIPELINE, REQ_MODELS},
     {"/v1/chat/completions", EVHTTP_REQ_POST, EP_PIPELINE, REQ_CHAT},
     {"/v1/completions", EVHTTP_REQ_POST, EP_PIPELINE, REQ_COMPLETIONS},
@@ -310,6 +331,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 
     if (ep->kind == EP_HEALTHZ) return handle_healthz(w, req, rid);
     if (ep->kind == EP_READYZ) return handle_readyz(w, req, rid);
+    if (ep->kind == EP_METRICS) return handle_metrics(w, req, rid);
 
     if (!c) {
         send_error(req, rid, true, 503, "server_error", "overloaded", NULL,

@@ -1,7 +1,7 @@
 # loadtest/: llmgate-mock (fake OpenAI upstream for tests and benchmarks),
 # llmgate-loadgen (open-loop load generator) and the benchmark scripts.
 bin_PROGRAMS += llmgate-mock llmgate-loadgen
-llmgate_mock_SOURCES = loadtest/mock.c loadtest/mock_openai.c loadtest/mock.h
+llmgate_mock_SOURCES = loadtest/mock.c loadtest/mock_openai.c loadtest/mock_anthropic.c loadtest/mock.h
 llmgate_mock_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(CJSON_CFLAGS)
 llmgate_mock_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) $(CJSON_LIBS) -lm
 

@@ -72,6 +72,8 @@ static struct {
     atomic_ullong faults;    /* requests that had a fault injected */
     atomic_llong in_flight;
     atomic_ullong next_id;
+    /* Tokens in the usage objects the mock sent (what a gateway should meter). */
+    atomic_ullong usage_prompt, usage_completion;
 } stats;
 
 /* What the last /v1 request carried; strings are owned here, NULL = absent. */
@@ -112,6 +114,7 @@ static const char *const ep_paths[EP_COUNT] = {
     [EP_COMPLETIONS] = "/v1/completions",
     [EP_EMBEDDINGS] = "/v1/embeddings",
     [EP_MODELS] = "/v1/models",
+    [EP_MESSAGES] = "/v1/messages",
     [EP_OTHER] = "other",
 };
 
@@ -154,7 +157,8 @@ struct mreq {
     struct evbuffer *body; /* prepared non-streaming body */
     struct mock_gen gen;
     char *model;
-    int step; /* next stream step */
+    char *tool; /* EP_MESSAGES: the tool a tool_use block calls, or NULL */
+    int step;   /* next stream step */
     uint64_t t0_us;
     char *path; /* for the log line; NULL when --quiet */
     struct mreq *prev, *next;
@@ -215,6 +219,7 @@ static void mreq_free(struct mreq *m, enum mreq_outcome o)
     live_unlink(m);
     if (m->body) evbuffer_free(m->body);
     free(m->model);
+    free(m->tool);
     free(m->path);
     free(m);
 }
@@ -376,11 +381,26 @@ static void mreq_reset_try(struct mreq *m)
 /* ------------------------------------------------------------------------ */
 /* Streaming                                                                 */
 
-enum step { ST_ROLE, ST_TOKEN, ST_FINISH, ST_USAGE, ST_MALFORMED, ST_DONE, ST_END, ST_CUT };
+enum step {
+    ST_ROLE,
+    ST_TOKEN,
+    ST_FINISH,
+    ST_USAGE,
+    ST_MALFORMED,
+    ST_DONE,
+    ST_END,
+    ST_CUT,
+    ST_ANTHROPIC,     /* the k-th Messages API event */
+    ST_ANTHROPIC_BAD, /* a malformed Messages API event */
+};
 
 /* The k-th step of this request's stream (and the token index for ST_TOKEN). */
 static enum step step_at(const struct mreq *m, int k, int *tok)
 {
+    if (m->gen.ep == EP_MESSAGES) {
+        int st = mock_anthropic_step(&m->gen, (int)m->fault, k);
+        return st == 1 ? ST_ANTHROPIC : st == 2 ? ST_ANTHROPIC_BAD : st < 0 ? ST_CUT : ST_END;
+    }
     int chat = m->gen.ep == EP_CHAT;
     int n = m->gen.tokens;
     if (chat && k == 0) return ST_ROLE;
@@ -426,9 +446,18 @@ static void stream_pump(struct mreq *m)
         case ST_ROLE: mock_sse_role(buf, &m->gen); break;
         case ST_TOKEN: mock_sse_token(buf, &m->gen, tok); break;
         case ST_FINISH: mock_sse_finish(buf, &m->gen); break;
-        case ST_USAGE: mock_sse_usage(buf, &m->gen); break;
+        case ST_USAGE:
+            mock_sse_usage(buf, &m->gen);
+            atomic_fetch_add(&stats.usage_prompt, (unsigned long long)m->gen.prompt_tokens);
+            atomic_fetch_add(&stats.usage_completion, (unsigned long long)m->gen.tokens);
+            break;
         case ST_MALFORMED: mock_sse_malformed(buf, &m->gen); break;
         case ST_DONE: mock_sse_done(buf); break;
+        case ST_ANTHROPIC: mock_anthropic_event(buf, &m->gen, m->step); break;
+        case ST_ANTHROPIC_BAD:
+            evbuffer_add_printf(buf, "event: content_block_delta\ndata: {\"type\":"
+                                     "\"content_block_delta\",\"index\":0,\"delta\":{\n\n");
+            break;
         case ST_END: {
             struct evhttp_request *req = m->req;
             evbuffer_free(buf);
@@ -517,10 +546,16 @@ static void mreq_go(struct mreq *m)
         break;
     default: break;
     }
-    if (m->stream && m->status == 200)
+    if (m->stream && m->status == 200) {
         stream_start(m);
-    else
+    } else {
+        if (m->status == 200 && (m->gen.ep == EP_CHAT || m->gen.ep == EP_COMPLETIONS) &&
+            m->fault == FAULT_NONE) {
+            atomic_fetch_add(&stats.usage_prompt, (unsigned long long)m->gen.prompt_tokens);
+            atomic_fetch_add(&stats.usage_completion, (unsigned long long)m->gen.tokens);
+        }
         mreq_reply(m);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -533,6 +568,48 @@ static void set_error(struct mreq *m, int status, const char *msg, const char *t
     mock_body_error(m->body, msg, type, param, code);
     m->status = status;
     m->stream = 0;
+}
+
+/* Scoped faults: x-mock-fault-key + x-mock-fault-times N inject the fault into the
+ * first N requests carrying that key only (a test's "fail twice, then serve"). */
+#define MOCK_FAULT_KEYS 256
+static pthread_mutex_t fault_keys_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char key[64];
+    int used;
+} fault_keys[MOCK_FAULT_KEYS];
+
+/* Whether this request of key still gets the fault (and counts it). */
+static int fault_key_take(const char *key, int times)
+{
+    int take = 0;
+    pthread_mutex_lock(&fault_keys_mu);
+    int i, free_slot = -1;
+    for (i = 0; i < MOCK_FAULT_KEYS; i++) {
+        if (fault_keys[i].key[0] == '\0') {
+            if (free_slot < 0) free_slot = i;
+        } else if (strncmp(fault_keys[i].key, key, sizeof fault_keys[i].key - 1) == 0) {
+            break;
+        }
+    }
+    if (i == MOCK_FAULT_KEYS && free_slot >= 0) {
+        i = free_slot;
+        snprintf(fault_keys[i].key, sizeof fault_keys[i].key, "%s", key);
+        fault_keys[i].used = 0;
+    }
+    if (i < MOCK_FAULT_KEYS && fault_keys[i].used < times) {
+        fault_keys[i].used++;
+        take = 1;
+    }
+    pthread_mutex_unlock(&fault_keys_mu);
+    return take;
+}
+
+static void fault_keys_reset(void)
+{
+    pthread_mutex_lock(&fault_keys_mu);
+    memset(fault_keys, 0, sizeof fault_keys);
+    pthread_mutex_unlock(&fault_keys_mu);
 }
 
 /* Reads an integer header in [lo, hi]; 0 if absent or valid, -1 if invalid. */
@@ -670,7 +747,9 @@ static void mreq_prepare(struct mreq *m, const char *path, enum evhttp_cmd_type 
     }
 
     const char *fault = evhttp_find_header(ih, "x-mock-fault");
-    if (hdr_int(ih, "x-mock-latency-ms", 0, 3600000, &m->latency_ms) ||
+    int fault_times = -1;
+    if (hdr_int(ih, "x-mock-fault-times", 0, 1000000, &fault_times) ||
+        hdr_int(ih, "x-mock-latency-ms", 0, 3600000, &m->latency_ms) ||
         hdr_int(ih, "x-mock-tokens", 0, 1000000, &m->gen.tokens) ||
         hdr_int(ih, "x-mock-interval-ms", 0, 600000, &m->interval_ms) ||
         hdr_int(ih, "x-mock-retry-after", 0, 86400, &retry_after) ||
@@ -694,6 +773,13 @@ static void mreq_prepare(struct mreq *m, const char *path, enum evhttp_cmd_type 
         }
         model = mj->valuestring;
     }
+    /* x-mock-fault-model: the fault applies to requests for this model only. */
+    const char *fault_model = evhttp_find_header(ih, "x-mock-fault-model");
+    if (fault_model && strcmp(fault_model, model) != 0) m->fault = FAULT_NONE;
+    if (m->fault != FAULT_NONE && fault_times >= 0) {
+        const char *key = evhttp_find_header(ih, "x-mock-fault-key");
+        if (!fault_key_take(key ? key : "", fault_times)) m->fault = FAULT_NONE;
+    }
     if ((m->model = strdup(model)) == NULL) {
         set_error(m, 500, "out of memory", "server_error", NULL, NULL);
         goto out_nolatency;
@@ -702,7 +788,42 @@ static void mreq_prepare(struct mreq *m, const char *path, enum evhttp_cmd_type 
     m->gen.id = atomic_fetch_add(&stats.next_id, 1) + 1;
     m->gen.created = (long)time(NULL);
 
-    if (ep == EP_MODELS) {
+    if (ep == EP_MESSAGES) {
+        const char *msg = NULL, *param = NULL, *tool = NULL;
+        if (mock_anthropic_prepare(json, &m->gen, &tool, &msg, &param) != 0) {
+            evbuffer_drain(m->body, evbuffer_get_length(m->body));
+            mock_anthropic_error(m->body, "invalid_request_error", msg);
+            m->status = 400;
+            goto out_nolatency;
+        }
+        if (tool && !(m->tool = strdup(tool))) {
+            set_error(m, 500, "out of memory", "server_error", NULL, NULL);
+            goto out_nolatency;
+        }
+        m->gen.tool_name = m->tool;
+        m->stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(json, "stream"));
+        if (!m->stream) mock_anthropic_body(m->body, &m->gen);
+        if (m->fault == FAULT_429 || m->fault == FAULT_500 || m->fault == FAULT_503) {
+            char ra[16];
+            snprintf(ra, sizeof ra, "%d", retry_after);
+            if (m->fault == FAULT_429)
+                evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+            evbuffer_drain(m->body, evbuffer_get_length(m->body));
+            mock_anthropic_error(m->body,
+                                 m->fault == FAULT_429   ? "rate_limit_error"
+                                 : m->fault == FAULT_500 ? "api_error"
+                                                         : "overloaded_error",
+                                 "mock fault");
+            m->status = m->fault == FAULT_429 ? 429 : m->fault == FAULT_500 ? 500 : 529;
+            m->stream = 0;
+        } else if (m->fault == FAULT_MALFORMED && !m->stream) {
+            evbuffer_drain(m->body, evbuffer_get_length(m->body));
+            evbuffer_add_printf(m->body, "{\"id\":\"msg_mock\",\"content\":[{\"ty");
+        }
+        if (m->fault != FAULT_NONE) atomic_fetch_add(&stats.faults, 1);
+        cJSON_Delete(json);
+        return;
+    } else if (ep == EP_MODELS) {
         mock_body_models(m->body, model_id);
     } else if (ep == EP_EMBEDDINGS) {
         const char *msg = NULL, *param = NULL;
@@ -824,12 +945,15 @@ static void write_stats(struct evbuffer *out)
                             (unsigned long long)atomic_load(&stats.paths[e]));
     evbuffer_add_printf(out,
                         "},\"completed\":%llu,\"cancelled\":%llu,\"reset\":%llu,\"faults\":%llu,"
-                        "\"in_flight\":%lld,\"last\":{\"path\":",
+                        "\"in_flight\":%lld,\"usage\":{\"prompt_tokens\":%llu,"
+                        "\"completion_tokens\":%llu},\"last\":{\"path\":",
                         (unsigned long long)atomic_load(&stats.completed),
                         (unsigned long long)atomic_load(&stats.cancelled),
                         (unsigned long long)atomic_load(&stats.reset),
                         (unsigned long long)atomic_load(&stats.faults),
-                        (long long)atomic_load(&stats.in_flight));
+                        (long long)atomic_load(&stats.in_flight),
+                        (unsigned long long)atomic_load(&stats.usage_prompt),
+                        (unsigned long long)atomic_load(&stats.usage_completion));
     pthread_mutex_lock(&last_mu);
     add_str_or_null(out, last.path);
     evbuffer_add_printf(out, ",\"authorization\":");
@@ -871,6 +995,9 @@ static void handle_control(struct evhttp_request *req, const char *path,
         atomic_store(&stats.cancelled, 0);
         atomic_store(&stats.reset, 0);
         atomic_store(&stats.faults, 0);
+        fault_keys_reset();
+        atomic_store(&stats.usage_prompt, 0);
+        atomic_store(&stats.usage_completion, 0);
         pthread_mutex_lock(&last_mu);
         struct mock_last old = last;
         memset(&last, 0, sizeof last);
@@ -998,7 +1125,9 @@ static void usage(FILE *f)
                "  --port-file PATH   write the bound port there once listening\n"
                "  --quiet            no per-request log line\n"
                "per-request headers: x-mock-latency-ms x-mock-tokens x-mock-interval-ms\n"
-               "  x-mock-fault (or 'none') x-mock-retry-after\n"
+               "  x-mock-fault (or 'none') x-mock-retry-after x-mock-fault-model (fault only\n"
+               "  for this model) x-mock-fault-key + x-mock-fault-times (first N with the key)\n"
+               "POST /v1/messages speaks the Anthropic Messages API (same faults)\n"
                "control: GET /mock/stats, POST /mock/reset\n");
 }
 

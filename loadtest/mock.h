@@ -28,7 +28,15 @@ int mock_fault_parse(const char *name, enum mock_fault *out);
 /* Name of a fault, for logs. */
 const char *mock_fault_name(enum mock_fault f);
 
-enum mock_endpoint { EP_CHAT = 0, EP_COMPLETIONS, EP_EMBEDDINGS, EP_MODELS, EP_OTHER, EP_COUNT };
+enum mock_endpoint {
+    EP_CHAT = 0,
+    EP_COMPLETIONS,
+    EP_EMBEDDINGS,
+    EP_MODELS,
+    EP_MESSAGES, /* Anthropic Messages API (mock_anthropic.c) */
+    EP_OTHER,
+    EP_COUNT
+};
 
 /* One generated completion: everything a body or an SSE chunk needs. */
 struct mock_gen {
@@ -39,6 +47,7 @@ struct mock_gen {
     int tokens;            /* completion tokens to produce */
     int finish_length;     /* 1: finish_reason "length", 0: "stop" */
     int prompt_tokens;
+    const char *tool_name; /* EP_MESSAGES: answer with a tool_use block for this tool, or NULL */
 };
 
 /* Appends s[0..n) as the inside of a JSON string (no quotes). */
@@ -65,5 +74,21 @@ void mock_sse_done(struct evbuffer *out);
 
 /* max(1, bytes/4) over the message contents / prompt; -1 with *param set if malformed. */
 int mock_prompt_tokens(const cJSON *req, enum mock_endpoint ep, const char **param);
+
+/* Anthropic Messages API (mock_anthropic.c). */
+/* Validates a /v1/messages body (model, max_tokens, messages) and fills g's tokens,
+ * finish and prompt counts; *tool receives the first tool's name (borrowed from req)
+ * when tools are offered and tool_choice is not none. 0, or -1 with msg/param (400). */
+int mock_anthropic_prepare(const cJSON *req, struct mock_gen *g, const char **tool,
+                           const char **msg, const char **param);
+/* Non-streaming Messages response. */
+void mock_anthropic_body(struct evbuffer *out, const struct mock_gen *g);
+/* Anthropic-shaped error body ({"type":"error","error":{...}}). */
+void mock_anthropic_error(struct evbuffer *out, const char *type, const char *message);
+/* Stream step k for fault f: 1 = an event to write with mock_anthropic_event, 0 = the
+ * stream ends, -1 = a *-mid-stream fault cuts it here, 2 = a malformed event. */
+int mock_anthropic_step(const struct mock_gen *g, int fault, int k);
+/* Writes stream event k ("event: ...\ndata: ...\n\n"). */
+void mock_anthropic_event(struct evbuffer *out, const struct mock_gen *g, int k);
 
 #endif
