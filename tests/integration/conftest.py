@@ -177,3 +177,78 @@ def gateway(tmp_mod, mock):
 @pytest.fixture
 def client(gateway):
     return gateway.client()
+
+
+# ------------------------------------------------------------------ a private Redis
+
+class RedisServer:
+    """A private redis-server on a free port. With appendfsync always, a SIGKILL
+    loses nothing that was acknowledged, so a kill + restart test sees the data."""
+
+    def __init__(self, tmp, name="redis"):
+        self.dir = tmp / f"{name}-data"
+        self.dir.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.log_path = tmp / f"{name}.log"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = Proc(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                          "--dir", str(self.dir), "--loglevel", "warning"], self.log_path)
+        wait_until(self._up, "redis-server")
+
+    def _up(self):
+        if not self.proc.alive():
+            raise AssertionError("redis-server exited:\n" + self.proc.output())
+        try:
+            return self.cmd("PING") == "PONG"
+        except (OSError, RuntimeError):  # not listening yet, or LOADING
+            return False
+
+    def kill(self):
+        self.proc.stop(signal.SIGKILL)
+
+    def cmd(self, *args):
+        """One command over RESP; returns str/int/list/None, raises on an error reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            out = b"*%d\r\n" % len(args)
+            for a in args:
+                a = a if isinstance(a, bytes) else str(a).encode()
+                out += b"$%d\r\n%s\r\n" % (len(a), a)
+            s.sendall(out)
+            f = s.makefile("rb")
+            return _resp_read(f)
+
+
+def _resp_read(f):
+    line = f.readline()
+    if not line:
+        raise OSError("redis closed the connection")
+    t, rest = line[:1], line[1:-2]
+    if t == b"+":
+        return rest.decode()
+    if t == b"-":
+        raise RuntimeError(rest.decode())
+    if t == b":":
+        return int(rest)
+    if t == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data.decode(errors="replace")
+    if t == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise OSError(f"bad RESP line {line!r}")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_mod):
+    if subprocess.run(["sh", "-c", "command -v redis-server"], capture_output=True).returncode:
+        pytest.skip("redis-server not installed")
+    r = RedisServer(tmp_mod)
+    yield r
+    r.proc.stop()

@@ -1,0 +1,379 @@
+"""Tenant keys, quotas and usage metering against a real redis-server.
+
+The OpenAI SDK sees AuthenticationError / PermissionDeniedError / RateLimitError
+with OpenAI's headers; revocation reaches a second gateway by pub/sub; two
+gateways on one Redis keep a tight token quota under 200+ concurrent requests
+and meter exactly what the mock served; Redis killed and restarted mid-run
+loses no usage record. Conditions are polled with deadlines, never slept on.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from conftest import BUILDDIR, WAIT_S, Gateway, RedisServer, wait_until
+
+ADMIN = "admin-token-for-tests-0123456789"
+os.environ["LLMGATE_ADMIN_TOKEN"] = ADMIN
+MSGS = [{"role": "user", "content": "Say hello"}]
+
+
+def quota_conf(redis, spool, **extra):
+    conf = {"redis": {"port": redis.port, "command_timeout_ms": 500},
+            "auth": {"redis_keys": True}, "usage": {"spool_path": str(spool)}}
+    for k, v in extra.items():
+        conf.setdefault(k, {}).update(v)
+    return conf
+
+
+def admin(gw, method, path, body=None, **params):
+    r = httpx.request(method, gw.url + "/admin/v1/" + path, json=body, params=params,
+                      headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+    return r
+
+
+def make_key(gw, tenant, tenant_limits=None, **spec):
+    r = admin(gw, "POST", "tenants", {"id": tenant, "limits": tenant_limits or {}})
+    assert r.status_code == 201, r.text
+    r = admin(gw, "POST", "keys", {"tenant": tenant, **spec})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def records(redis):
+    """Every usage record in the stream, as dicts."""
+    out = []
+    for _id, fields in redis.cmd("XRANGE", "llmgate:usage", "-", "+"):
+        out.append(dict(zip(fields[::2], fields[1::2])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_mod, mock, redis_server):
+    g = Gateway(tmp_mod, mock.url, extra_conf=quota_conf(redis_server, tmp_mod / "spool-1"),
+                name="gwq")
+    yield g
+    assert g.proc.stop() == 0, g.proc.output()[-4000:]
+
+
+# ------------------------------------------------------------------ keys and auth
+
+def test_tenant_key_works_with_openai_headers(gw, redis_server):
+    k = make_key(gw, "acme", name="first", models=["mock-*"], limits={"rpm": 1000, "tpm": 100000})
+    assert k["key"].startswith("sk-lg-") and len(k["key"]) >= 38  # >= 128 random bits
+    # stored only as a SHA-256 digest
+    digest = hashlib.sha256(k["key"].encode()).hexdigest()
+    assert redis_server.cmd("GET", "llmgate:keyid:" + k["id"]) == digest
+    assert k["key"] not in json.dumps(redis_server.cmd("HGETALL", "llmgate:key:" + digest))
+    raw = gw.client(key=k["key"]).chat.completions.with_raw_response.create(
+        model="mock-model", messages=MSGS, max_tokens=5)
+    assert raw.parse().usage.completion_tokens == 5
+    h = raw.headers
+    assert h["x-ratelimit-limit-requests"] == "1000"
+    assert int(h["x-ratelimit-remaining-requests"]) == 999
+    assert h["x-ratelimit-limit-tokens"] == "100000"
+    assert 0 < int(h["x-ratelimit-remaining-tokens"]) < 100000
+    assert h["x-ratelimit-reset-requests"].endswith("s") and h["x-ratelimit-reset-tokens"].endswith("s")
+    # Azure- and Anthropic-style headers are accepted too
+    for hdr in ("api-key", "x-api-key"):
+        r = httpx.post(gw.url + "/v1/chat/completions", headers={hdr: k["key"]},
+                       json={"model": "mock-model", "messages": MSGS, "max_tokens": 2})
+        assert r.status_code == 200, r.text
+    # the static bootstrap key of the core tests keeps working (unmetered)
+    assert gw.client().chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+
+
+def test_unknown_revoked_expired_keys_are_401(gw):
+    with pytest.raises(openai.AuthenticationError) as ei:
+        gw.client(key="sk-lg-" + "0" * 48).chat.completions.create(model="mock-model", messages=MSGS)
+    assert ei.value.code == "invalid_api_key"
+    k = make_key(gw, "acme", name="to-revoke")
+    c = gw.client(key=k["key"])
+    c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+    assert admin(gw, "DELETE", "keys/" + k["id"]).json()["status"] == "revoked"
+    with pytest.raises(openai.AuthenticationError):
+        wait_until(lambda: c.chat.completions.create(model="mock-model", messages=MSGS) and False,
+                   "revocation", timeout=WAIT_S)
+    e = make_key(gw, "acme", name="expired", expires=1)
+    with pytest.raises(openai.AuthenticationError) as ei:
+        gw.client(key=e["key"]).chat.completions.create(model="mock-model", messages=MSGS)
+    assert "expired" in ei.value.message
+
+
+def test_model_outside_globs_is_403(gw):
+    k = make_key(gw, "acme", name="narrow", models=["gpt-4o*", "other-?"])
+    with pytest.raises(openai.PermissionDeniedError) as ei:
+        gw.client(key=k["key"]).chat.completions.create(model="mock-model", messages=MSGS)
+    assert ei.value.status_code == 403 and ei.value.code == "model_not_allowed"
+
+
+def test_admin_api_needs_the_token(gw):
+    r = httpx.get(gw.url + "/admin/v1/keys", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    assert httpx.get(gw.url + "/admin/v1/keys").status_code == 401
+    assert admin(gw, "GET", "keys/key_doesnotexist").status_code == 404
+    assert admin(gw, "POST", "keys", {"tenant": "no-such-tenant"}).status_code == 404
+    assert admin(gw, "GET", "tenants/acme").json()["keys"] >= 1
+
+
+# ------------------------------------------------------------------ quotas
+
+def test_requests_per_minute_429(gw):
+    k = make_key(gw, "rl-req", limits={"rpm": 2})
+    c = gw.client(key=k["key"])
+    for _ in range(2):
+        c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as ei:
+        c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+    h = ei.value.response.headers
+    body = ei.value.response.json()["error"]
+    assert body["type"] == "requests" and body["code"] == "rate_limit_exceeded"
+    # one request refills in 30 s at 2/min: Retry-After comes from the bucket, not a constant
+    assert 25 <= int(h["retry-after"]) <= 30
+    assert h["x-ratelimit-limit-requests"] == "2" and h["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_tokens_per_minute_429(gw):
+    k = make_key(gw, "rl-tok", limits={"tpm": 100})
+    c = gw.client(key=k["key"])
+    with pytest.raises(openai.RateLimitError) as ei:  # larger than the bucket: never fits
+        c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=200)
+    assert ei.value.response.json()["error"]["type"] == "tokens"
+    assert "too large" in ei.value.message
+    # each reserves 3 + 8 + 60 = 71 of 100; settle refunds the 44 the mock did not
+    # generate (it answers 16 tokens), so the second fits, the third does not
+    c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=60)
+    c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=60)
+    with pytest.raises(openai.RateLimitError) as ei:
+        c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=60)
+    h = ei.value.response.headers
+    assert ei.value.response.json()["error"]["type"] == "tokens"
+    assert 1 <= int(h["retry-after"]) <= 6 and h["x-ratelimit-limit-tokens"] == "100"
+    assert int(h["retry-after-ms"]) > 3000  # (71 - ~64 left) tokens at 100/min
+
+
+def test_tenant_limit_spans_keys(gw):
+    a = make_key(gw, "rl-tenant", tenant_limits={"rpm": 3})
+    b = make_key(gw, "rl-tenant")
+    ok = 0
+    for k in (a, b, a, b):
+        try:
+            gw.client(key=k["key"]).chat.completions.create(model="mock-model", messages=MSGS,
+                                                             max_tokens=1)
+            ok += 1
+        except openai.RateLimitError:
+            pass
+    assert ok == 3
+
+
+def test_stream_usage_metered_and_stripped(gw, mock, redis_server):
+    k = make_key(gw, "streams", limits={"tpm": 100000})
+    with httpx.stream("POST", gw.url + "/v1/chat/completions",
+                      headers={"Authorization": f"Bearer {k['key']}"},
+                      json={"model": "mock-model", "messages": MSGS, "stream": True,
+                            "max_tokens": 4}) as r:
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-limit-tokens"] == "100000"
+        body = r.read().decode()
+    assert mock.stats()["last"]["stream_options"] == {"include_usage": True}
+    assert '"usage":{' not in body  # the client did not ask for it
+    chunks = [json.loads(e[6:]) for e in body.split("\n\n") if e.startswith("data: {")]
+    assert all(c["choices"] for c in chunks)
+    # asked for: passed through
+    stream = gw.client(key=k["key"]).chat.completions.create(
+        model="mock-model", messages=MSGS, stream=True, max_tokens=3,
+        stream_options={"include_usage": True})
+    usage = [c.usage for c in stream if c.usage]
+    assert usage and usage[0].completion_tokens == 3
+    recs = wait_until(lambda: len([x for x in records(redis_server) if x["key_id"] == k["id"]]) == 2
+                      and [x for x in records(redis_server) if x["key_id"] == k["id"]],
+                      "two usage records")
+    assert sorted(int(x["completion_tokens"]) for x in recs) == [3, 4]
+    assert all(x["estimated"] == "0" and x["status"] == "200" for x in recs)
+
+
+def test_usage_report_json_and_csv(gw, redis_server):
+    k = make_key(gw, "reports", limits={"tpm": 100000})
+    c = gw.client(key=k["key"])
+    for n in (2, 3):
+        c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=n)
+    rep = wait_until(lambda: (r := admin(gw, "GET", "usage", tenant="reports", group_by="key").json())
+                     ["total"]["requests"] == 2 and r, "report")
+    assert rep["rows"][0]["group"] == k["id"]
+    assert rep["rows"][0]["completion_tokens"] == 5
+    r = admin(gw, "GET", "usage", tenant="reports", group_by="model", format="csv")
+    assert r.headers["content-type"].startswith("text/csv")
+    lines = r.text.strip().split("\n")
+    assert lines[0].startswith("model,requests,prompt_tokens,completion_tokens")
+    assert lines[1].startswith("mock-model,2,")
+    assert admin(gw, "GET", "usage", tenant="reports", group_by="nope").status_code == 400
+
+
+def test_cli_keys_and_usage(gw):
+    def cli(*args):
+        p = subprocess.run([str(BUILDDIR / "llmgate"), *args, "-c", str(gw.conf_path)],
+                           capture_output=True, text=True, timeout=30)
+        return p
+
+    p = cli("tenants", "create", "cli-t", "--rpm", "100")
+    assert p.returncode == 0, p.stderr
+    p = cli("keys", "create", "--tenant", "cli-t", "--name", "from-cli", "--tpm", "5000",
+            "--models", "mock-*")
+    assert p.returncode == 0, p.stderr
+    k = json.loads(p.stdout)
+    assert k["limits"]["tpm"] == 5000 and k["models"] == ["mock-*"]
+    gw.client(key=k["key"]).chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+    listed = json.loads(cli("keys", "list", "--tenant", "cli-t").stdout)["data"]
+    assert [x["id"] for x in listed] == [k["id"]] and "key" not in listed[0]
+    assert json.loads(cli("keys", "show", k["id"]).stdout)["status"] == "active"
+    p = cli("keys", "rotate", k["id"])
+    assert p.returncode == 0, p.stderr
+    k2 = json.loads(p.stdout)
+    assert k2["key"] != k["key"] and k2["limits"]["tpm"] == 5000
+    gw.client(key=k2["key"]).chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+    with pytest.raises(openai.AuthenticationError):
+        wait_until(lambda: gw.client(key=k["key"]).chat.completions.create(
+            model="mock-model", messages=MSGS) and False, "rotation revoked the old key")
+    assert cli("keys", "revoke", k2["id"]).returncode == 0
+    p = cli("usage", "--tenant", "cli-t", "--group-by", "key", "--format", "csv")
+    assert p.returncode == 0 and p.stdout.startswith("key,requests,")
+    assert cli("keys", "show", "key_nope").returncode == 1
+
+
+def test_revocation_reaches_a_second_gateway(tmp_mod, mock, gw, redis_server):
+    # gw2 trusts its cache for a minute: only the pub/sub invalidation can make it
+    # refuse the key within the deadline below.
+    gw2 = Gateway(tmp_mod, mock.url, name="gwq2",
+                  extra_conf=quota_conf(redis_server, tmp_mod / "spool-2",
+                                        auth={"key_cache_ttl_ms": 60000}))
+    try:
+        k = make_key(gw, "revoke2")
+        c2 = gw2.client(key=k["key"])
+        for _ in range(4):  # warm the cache of both workers
+            c2.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+        assert admin(gw, "POST", f"keys/{k['id']}/revoke").status_code == 200
+
+        def refused():
+            try:
+                c2.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+                return False
+            except openai.AuthenticationError:
+                return True
+        wait_until(refused, "revocation on the second gateway")
+        for _ in range(4):  # every worker
+            assert refused()
+    finally:
+        assert gw2.proc.stop() == 0
+
+
+# ------------------------------------------------------------------ two gateways, tight quotas
+
+def test_two_gateways_hold_a_tight_token_quota(tmp_mod, mock, gw, redis_server):
+    gw2 = Gateway(tmp_mod, mock.url, name="gwq3",
+                  extra_conf=quota_conf(redis_server, tmp_mod / "spool-3"))
+    try:
+        tpd, tenant_tpd = 400, 2500
+        keys = [make_key(gw, "tight", tenant_limits={"tpd": tenant_tpd}, limits={"tpd": tpd})
+                for _ in range(8)]
+        before = len(records(redis_server))
+        mock.reset()
+        jobs = [(keys[i % len(keys)], (gw, gw2)[i % 2], 5 + i % 16) for i in range(240)]
+        statuses = []
+        lock = threading.Lock()
+
+        http = httpx.Client(limits=httpx.Limits(max_connections=128))
+
+        def one(job):
+            k, g, n = job
+            r = http.post(g.url + "/v1/chat/completions", timeout=30,
+                           headers={"Authorization": f"Bearer {k['key']}"},
+                           json={"model": "mock-model", "messages": MSGS, "max_tokens": n})
+            with lock:
+                statuses.append(r.status_code)
+
+        with ThreadPoolExecutor(max_workers=64) as ex:
+            list(ex.map(one, jobs))
+        assert set(statuses) <= {200, 429} and statuses.count(429) > 0
+        recs = wait_until(lambda: len(records(redis_server)) - before == len(jobs) and
+                          records(redis_server)[before:], "a usage record per request")
+        # reservation of one request: ceil(chars/4) + 8 + max_tokens
+        largest = (len("Say hello") + 3) // 4 + 8 + 20
+        ids = {k["id"] for k in keys}
+        ok = [x for x in recs if x["key_id"] in ids and x["status"] == "200"]
+        for k in keys:
+            used = sum(int(x["prompt_tokens"]) + int(x["completion_tokens"])
+                       for x in ok if x["key_id"] == k["id"])
+            assert used <= tpd + largest, (k["id"], used)
+        total = sum(int(x["prompt_tokens"]) + int(x["completion_tokens"]) for x in ok)
+        assert total <= tenant_tpd + largest
+        s = mock.stats()["usage"]
+        assert sum(int(x["prompt_tokens"]) for x in recs) == s["prompt_tokens"]
+        assert sum(int(x["completion_tokens"]) for x in recs) == s["completion_tokens"]
+        paths = mock.stats()["paths"]  # (health probes hit /v1/models meanwhile)
+        assert len(ok) == next(v for p, v in paths.items() if "chat" in p)
+    finally:
+        assert gw2.proc.stop() == 0
+
+
+# ------------------------------------------------------------------ Redis killed mid-run
+
+def test_redis_killed_and_restarted_mid_run(tmp_mod, mock):
+    red = RedisServer(tmp_mod, "redis-fault")
+    spool = tmp_mod / "spool-fault"
+    g = Gateway(tmp_mod, mock.url, name="gwfault",
+                extra_conf=quota_conf(red, spool, quota={"on_redis_error": "fail_open"}))
+    try:
+        k = make_key(g, "faulty", limits={"tpm": 10000000})
+        c = g.client(key=k["key"], timeout=30)
+        for _ in range(8):  # every worker knows the key before Redis goes away
+            c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+        mock.reset()
+        base = len(records(red))
+        done, statuses, lock = [0], [], threading.Lock()
+
+        http = httpx.Client(limits=httpx.Limits(max_connections=64))
+
+        def one(i):
+            r = http.post(g.url + "/v1/chat/completions", timeout=30,
+                           headers={"Authorization": f"Bearer {k['key']}"},
+                           json={"model": "mock-model", "messages": MSGS, "max_tokens": 1 + i % 7,
+                                 "stream": i % 3 == 0})
+            with lock:
+                statuses.append(r.status_code)
+                done[0] += 1
+
+        with ThreadPoolExecutor(max_workers=16) as ex:
+            futs = [ex.submit(one, i) for i in range(300)]
+            wait_until(lambda: done[0] >= 60, "load before the kill")
+            red.kill()
+            wait_until(lambda: done[0] >= 160, "load while Redis is down")
+            red.start()
+            for f in futs:
+                f.result()  # none hangs: each has a 30 s client timeout
+        assert g.proc.alive()
+        # a worker that never saw the key cannot check it while Redis is down: 503
+        assert set(statuses) <= {200, 503}, sorted(set(statuses))
+        assert statuses.count(200) >= 250
+        served = mock.stats()
+
+        def replayed():
+            left = [p for p in tmp_mod.iterdir() if p.name.startswith("spool-fault") and
+                    p.stat().st_size > 0 and not p.name.endswith(".rejected")]
+            if left:
+                return False
+            recs = records(red)[base:]
+            return len(recs) == statuses.count(200) and recs
+        recs = wait_until(replayed, "the spool replayed into Redis")
+        assert "spooled usage record(s)" in g.proc.output()  # the outage went through the spool
+        assert sum(int(x["prompt_tokens"]) for x in recs) == served["usage"]["prompt_tokens"]
+        assert sum(int(x["completion_tokens"]) for x in recs) == served["usage"]["completion_tokens"]
+    finally:
+        rc = g.proc.stop()
+        red.proc.stop()
+    assert rc == 0
