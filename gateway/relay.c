@@ -297,6 +297,7 @@ static void finish_buffered(struct request *r)
     }
     /* 200 JSON, or an OpenAI-shaped 4xx (429 included) the client should see as is. */
     int status = (int)r->up_status;
+    route_headers(r);
     server_common_headers(r->req, r->id, r->w->draining);
     if (status == 429 && r->retry_after[0])
         evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After", r->retry_after);
