@@ -26,4 +26,9 @@ tests_unit_test_auth_LDADD = $(UNIT_LIBS)
 tests_unit_test_jsonv_SOURCES = tests/unit/test_jsonv.c
 tests_unit_test_jsonv_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_jsonv_LDADD = $(UNIT_LIBS)
+check_PROGRAMS += tests/unit/test_quota
+TESTS += tests/unit/test_quota
+tests_unit_test_quota_SOURCES = tests/unit/test_quota.c
+tests_unit_test_quota_CFLAGS = $(UNIT_CFLAGS) $(HIREDIS_CFLAGS)
+tests_unit_test_quota_LDADD = $(UNIT_LIBS)
 endif
