@@ -31,4 +31,17 @@ TESTS += tests/unit/test_quota
 tests_unit_test_quota_SOURCES = tests/unit/test_quota.c
 tests_unit_test_quota_CFLAGS = $(UNIT_CFLAGS) $(HIREDIS_CFLAGS)
 tests_unit_test_quota_LDADD = $(UNIT_LIBS)
+
+# routing/: policies, breakers and budgets, the Anthropic adapter.
+check_PROGRAMS += tests/unit/test_policy tests/unit/test_breaker tests/unit/test_anthropic
+TESTS += tests/unit/test_policy tests/unit/test_breaker tests/unit/test_anthropic
+tests_unit_test_policy_SOURCES = tests/unit/test_policy.c
+tests_unit_test_policy_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_policy_LDADD = $(UNIT_LIBS)
+tests_unit_test_breaker_SOURCES = tests/unit/test_breaker.c
+tests_unit_test_breaker_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_breaker_LDADD = $(UNIT_LIBS)
+tests_unit_test_anthropic_SOURCES = tests/unit/test_anthropic.c
+tests_unit_test_anthropic_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_anthropic_LDADD = $(UNIT_LIBS)
 endif
