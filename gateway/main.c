@@ -53,8 +53,10 @@ static void usage(FILE *out)
         "  -p, --port PORT     listen on PORT instead of the configured one (0 = any free port)\n"
         "  -w, --workers N     number of worker threads (overrides the config)\n"
         "  -V, --version       print the version and exit\n"
+        "      --policy-reference  print the policy file reference (markdown) and exit\n"
         "  -h, --help          print this help and exit\n\n"
-        "Signals: SIGHUP reloads the configuration (a bad file keeps the old one);\n"
+        "Signals: SIGHUP reloads the configuration and policies (a bad file keeps the old\n"
+        "ones); policy files also reload when they change.\n"
         "SIGTERM/SIGINT stop accepting, drain in-flight requests, and exit 0.\n");
 }
 
@@ -225,6 +227,7 @@ int main(int argc, char **argv)
         {"port", required_argument, NULL, 'p'},
         {"workers", required_argument, NULL, 'w'},
         {"version", no_argument, NULL, 'V'},
+        {"policy-reference", no_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -254,6 +257,7 @@ int main(int argc, char **argv)
             }
             break;
         case 'V': printf("llmgate %s\n", PACKAGE_VERSION); return 0;
+        case 'R': return policy_write_reference(stdout) == 0 ? 0 : 1;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

@@ -434,3 +434,18 @@ def test_invalid_policy_rejected_with_position_while_serving(gw, tmp_path):
         bad.unlink()
     wait_until(lambda: generation(gw) > gen, "reload after the fix")
     assert httpx.get(gw.url + "/readyz").json()["policy"]["last_reload_error"] is None
+
+
+def test_example_policies_are_valid_and_reference_current():
+    from conftest import SRCDIR
+    t = subprocess.run([str(BUILDDIR / "llmgate"), "-t", "-c", "policies/examples/providers.conf"],
+                       cwd=SRCDIR, capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr
+    assert "with policies from policies/examples" in t.stdout
+    ref = subprocess.run([str(BUILDDIR / "llmgate"), "--policy-reference"], capture_output=True,
+                         text=True, check=True).stdout
+    readme = (SRCDIR / "policies" / "README.md").read_text()
+    keys = [line.split("|")[1].strip() for line in ref.splitlines() if line.startswith("| `")]
+    assert len(keys) > 20
+    missing = [k for k in keys if f"| {k} |" not in readme]
+    assert not missing, f"policies/README.md lacks {missing}: paste `llmgate --policy-reference`"
