@@ -208,7 +208,7 @@ static void test_days_and_csv(void **state)
         time_t t = (time_t)day * 86400;
         struct tm tm;
         gmtime_r(&t, &tm);
-        char want[16];
+        char want[48];
         snprintf(want, sizeof want, "%04d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
         usage_day_string(day, s);
         assert_string_equal(s, want);

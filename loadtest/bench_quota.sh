@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Cost of tenant keys + quotas: in one run, on the same mock upstream and the
+# same Redis, compare
+#   core    llmgate with a static config key (no Redis on the request path)
+#   quota   llmgate with a tenant key in Redis: key cache + reserve script before
+#           dispatch + settle script and usage record after (rpm/tpm/tpd limits
+#           on the key and its tenant, set far above the load)
+# Non-streaming chat completions, each at a fixed rate (open loop: latency from
+# the scheduled send time) and at saturation (closed loop). The runs alternate
+# core/quota and are repeated BENCH_ROUNDS times; the report uses the median.
+# Writes loadtest/results/quota.csv and quota.md.
+#
+# usage: loadtest/bench_quota.sh [BUILDDIR]     (default $BUILDDIR or ./build)
+# env:   BENCH_SECONDS (5) BENCH_WARMUP (1) BENCH_RATE (1000) BENCH_ROUNDS (3)
+#        BENCH_CONNECTIONS (32, saturation) BENCH_OPEN_CONNECTIONS (64, fixed rate)
+#        BENCH_PIN (1: loadgen on CPU 0, servers on CPU 1) BENCH_OUTDIR (loadtest/results)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+BUILDDIR=${1:-${BUILDDIR:-./build}}
+BUILDDIR=$(cd "$BUILDDIR" && pwd)
+SECS=${BENCH_SECONDS:-5}
+WARMUP=${BENCH_WARMUP:-1}
+RATE=${BENCH_RATE:-1000}
+ROUNDS=${BENCH_ROUNDS:-3}
+CONNS=${BENCH_CONNECTIONS:-32}
+OPEN_CONNS=${BENCH_OPEN_CONNECTIONS:-64}
+PIN=${BENCH_PIN:-1}
+OUTDIR=${BENCH_OUTDIR:-$here/results}
+STATIC_KEY=bench-static-key-not-secret-0123456789
+
+MOCK=$BUILDDIR/llmgate-mock
+LOADGEN=$BUILDDIR/llmgate-loadgen
+GW=$BUILDDIR/llmgate
+for b in "$MOCK" "$LOADGEN" "$GW"; do
+    [ -x "$b" ] || { echo "bench_quota: $b not found (build it first)" >&2; exit 2; }
+done
+command -v redis-server >/dev/null || { echo "bench_quota: redis-server not installed" >&2; exit 2; }
+
+ncpu=$(nproc)
+pin_client=() pin_server=()
+if [ "$PIN" = 1 ] && [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null; then
+    pin_client=(taskset -c 0)
+    pin_server=(taskset -c 1)
+    pin_note="loadgen pinned to CPU 0; mock, Redis and llmgate share CPU 1 (taskset)"
+else
+    PIN=0
+    pin_note="no CPU pinning"
+fi
+
+tmp=$(mktemp -d /tmp/quota-bench.XXXXXX)
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log() { echo "bench_quota: $*" >&2; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_up() { # PID URL
+    local pid=$1 url=$2
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        curl -s -o /dev/null --max-time 1 "$url" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---- mock and Redis ---------------------------------------------------------------
+"${pin_server[@]}" "$MOCK" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet \
+    2>"$tmp/mock.log" &
+pids+=($!)
+mock_pid=$!
+for _ in $(seq 50); do [ -s "$tmp/mock.port" ] && break; sleep 0.1; done
+MOCK_PORT=$(cat "$tmp/mock.port")
+wait_up "$mock_pid" "http://127.0.0.1:$MOCK_PORT/mock/stats" || { log "mock not answering"; exit 1; }
+
+REDIS_PORT=$(free_port)
+"${pin_server[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --loglevel warning >"$tmp/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+# ---- the two gateways ---------------------------------------------------------------
+hash=$(printf %s "$STATIC_KEY" | sha256sum | cut -d' ' -f1)
+start_gw() { # NAME REDIS_KEYS -> sets gw_url
+    local name=$1 rk=$2 port
+    port=$(free_port)
+    cat >"$tmp/$name.json" <<EOF
+{ "listen": {"address": "127.0.0.1", "port": $port}, "workers": 1,
+  "log": {"level": "warn", "access_log": "off"},
+  "auth": {"api_keys_sha256": ["$hash"], "redis_keys": $rk},
+  "redis": {"port": $REDIS_PORT},
+  "usage": {"spool_path": "$tmp/$name.spool"},
+  "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$MOCK_PORT/v1"}},
+  "models": {"mock-model": {"provider": "mock", "model": "mock-model"}} }
+EOF
+    "${pin_server[@]}" "$GW" -c "$tmp/$name.json" 2>"$tmp/$name.log" &
+    pids+=($!)
+    gw_url="http://127.0.0.1:$port"
+    wait_up "$!" "$gw_url/healthz" || { tail -20 "$tmp/$name.log" >&2; exit 1; }
+}
+start_gw core false
+core_url=$gw_url
+start_gw quota true
+quota_url=$gw_url
+
+"$GW" tenants create bench --tpm 2000000000 --tpd 2000000000 -c "$tmp/quota.json" >/dev/null
+TENANT_KEY=$("$GW" keys create --tenant bench --name bench --rpm 100000000 --tpm 2000000000 \
+    --tpd 2000000000 -c "$tmp/quota.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+
+body='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16}'
+for t in core quota; do
+    url=${t}_url key=$STATIC_KEY
+    [ $t = quota ] && key=$TENANT_KEY
+    code=$(curl -s -o "$tmp/smoke" -w '%{http_code}' -H "Authorization: Bearer $key" \
+        -H 'Content-Type: application/json' -d "$body" "${!url}/v1/chat/completions")
+    [ "$code" = 200 ] || { log "$t smoke request answered $code: $(head -c 300 "$tmp/smoke")"; exit 1; }
+done
+before=$(redis-cli -p "$REDIS_PORT" xlen llmgate:usage)
+
+csv=$tmp/quota.csv
+echo "target,round,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us" >"$csv"
+run_one() { # target round run
+    local t=$1 n=$2 r=$3 url=${1}_url key=$STATIC_KEY line
+    [ "$t" = quota ] && key=$TENANT_KEY
+    local args=(--url "${!url}/v1/chat/completions" --body "$body"
+        --header "Authorization: Bearer $key" --duration "$SECS" --warmup "$WARMUP"
+        --label "$t-$r-$n" --quiet)
+    if [ "$r" = saturation ]; then args+=(--rate 0 --connections "$CONNS")
+    else args+=(--rate "$RATE" --connections "$OPEN_CONNS"); fi
+    line=$("${pin_client[@]}" "$LOADGEN" "${args[@]}")
+    echo "$t,$n,$r,$line" >>"$csv"
+    log "$t,$n,$r,$line"
+}
+for n in $(seq "$ROUNDS"); do
+    for r in fixed saturation; do
+        run_one core "$n" "$r"
+        run_one quota "$n" "$r"
+    done
+done
+after=$(redis-cli -p "$REDIS_PORT" xlen llmgate:usage)
+quota_ok=$(awk -F, '$1 == "quota" { s += $9 } END { print s }' "$csv")
+
+# ---- report -------------------------------------------------------------------------
+mkdir -p "$OUTDIR"
+cp "$csv" "$OUTDIR/quota.csv"
+cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' || true)
+cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNS BENCH_OPEN_CONNECTIONS=$OPEN_CONNS BENCH_PIN=$PIN loadtest/bench_quota.sh $BUILDDIR"
+{
+    echo "# Tenant keys + quotas: added latency and throughput"
+    echo
+    echo "Generated by \`loadtest/bench_quota.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC')."
+    echo
+    echo "- Machine: $ncpu CPUs, $cpu, $(uname -sr); $(redis-server --version | cut -d' ' -f3)"
+    echo "- Command: \`$cmd\`"
+    echo "- Same llmgate-mock (1 thread, no latency, 16 tokens) and the same Redis for both;"
+    echo "  each gateway runs 1 worker, access log off. core = static config key (the"
+    echo "  gateway core path); quota = tenant key from Redis (1 s key cache), the reserve"
+    echo "  script before dispatch and the settle script (+ usage record) after, with"
+    echo "  rpm/tpm/tpd limits on key and tenant (2 scopes). Runs alternate core/quota,"
+    echo "  $ROUNDS rounds; the tables show medians over rounds."
+    echo "- Load: llmgate-loadgen; fixed = $RATE req/s open loop, $OPEN_CONNS connections, latency from"
+    echo "  the scheduled send time; saturation = closed loop, $CONNS connections. ${SECS}s measured"
+    echo "  after ${WARMUP}s warmup. $pin_note."
+    echo "- Usage records written during the quota runs (warmups included): $((after - before));"
+    echo "  measured successful quota requests: $quota_ok."
+    echo
+    echo "| target | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | errors |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    awk -F, 'NR > 1 { k = $1 "," $3; n[k]++; rps[k, n[k]] = $11; p50[k, n[k]] = $12; p90[k, n[k]] = $13
+                      p99[k, n[k]] = $14; p999[k, n[k]] = $15; err[k] += $10 }
+        function med(a, k, c,   i, j, t, v) { for (i = 1; i <= c; i++) v[i] = a[k, i]
+            for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+            return v[int((c + 1) / 2)] }
+        END { split("core,fixed quota,fixed core,saturation quota,saturation", ks, " ")
+            for (i = 1; i <= 4; i++) { k = ks[i]; if (!(k in n)) continue; split(k, f, ",")
+                printf "| %s | %s | %.0f | %d | %d | %d | %d | %d |\n", f[1], f[2], med(rps, k, n[k]),
+                    med(p50, k, n[k]), med(p90, k, n[k]), med(p99, k, n[k]), med(p999, k, n[k]), err[k] }
+            c = "core,fixed"; q = "quota,fixed"; cs = "core,saturation"; qs = "quota,saturation"
+            printf "\nAdded by auth + reserve + settle at %s req/s: **p50 %+d µs**, p99 %+d µs.\n",
+                "'"$RATE"'", med(p50, q, n[q]) - med(p50, c, n[c]), med(p99, q, n[q]) - med(p99, c, n[c])
+            printf "Saturation throughput with quotas: **%.0f req/s** (%.2f of the core path).\n",
+                med(rps, qs, n[qs]), med(rps, qs, n[qs]) / med(rps, cs, n[cs]) }' "$csv"
+} >"$OUTDIR/quota.md"
+log "wrote $OUTDIR/quota.csv and $OUTDIR/quota.md"
