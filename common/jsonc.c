@@ -606,6 +606,14 @@ int jsonc_pos(const struct jsonc_doc *doc, const cJSON *item, int *line, int *co
     return 0;
 }
 
+int jsonc_offset(const struct jsonc_doc *doc, const cJSON *item, size_t *off)
+{
+    const struct jsonc_pos_entry *e = pos_find(doc, item);
+    if (!e) return -1;
+    *off = e->val_off;
+    return 0;
+}
+
 int jsonc_key_pos(const struct jsonc_doc *doc, const cJSON *item, int *line, int *col)
 {
     const struct jsonc_pos_entry *e = pos_find(doc, item);

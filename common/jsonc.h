@@ -45,6 +45,9 @@ void jsonc_free(struct jsonc_doc *doc);
 
 /* Position of item's value (its first byte). 0 on success; -1 if the item is not from doc. */
 int jsonc_pos(const struct jsonc_doc *doc, const cJSON *item, int *line, int *col);
+/* Byte offset of item's value in doc->text. 0 on success; -1 if the item is not from doc.
+ * (For many items in document order, convert offsets incrementally: jsonc_pos scans.) */
+int jsonc_offset(const struct jsonc_doc *doc, const cJSON *item, size_t *off);
 /* Position of the key of an object member (the key's opening quote); for array elements
  * and the root this is the value position. 0 on success, -1 if unknown. */
 int jsonc_key_pos(const struct jsonc_doc *doc, const cJSON *item, int *line, int *col);

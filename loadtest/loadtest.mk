@@ -11,3 +11,10 @@ llmgate_loadgen_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) -lm
 
 dist_noinst_SCRIPTS += loadtest/bench_proxy.sh loadtest/bench_engine.sh
 EXTRA_DIST += loadtest/README.md
+
+# Routing decision cost (routing/router.c) with 1, 100 and 1,000 policy routes.
+noinst_PROGRAMS += llmgate-bench-routing
+llmgate_bench_routing_SOURCES = loadtest/bench_routing.c
+llmgate_bench_routing_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS)
+llmgate_bench_routing_LDADD = $(GATEWAY_LIBS)
+dist_noinst_SCRIPTS += loadtest/bench_routing.sh

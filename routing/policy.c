@@ -86,8 +86,9 @@ static const struct row route_rows[] = {
      .parse = parse_match,
      .type_doc = "object",
      .def_doc = "any request",
-     .doc = "`{\"model\": name | glob | [names and globs], \"tenant\": name, \"header\": "
-            "{\"name\": h, \"value\": v}}`; every given field must match"},
+     .doc = "`model` (a name, a glob, or an array of names and globs: aliases), `tenant`, "
+            "`header` (`{\"name\": h, \"value\": v}`, value optional); every given field must "
+            "match"},
     {.name = "targets",
      .type = R_CUSTOM,
      .parse = parse_targets,
@@ -655,6 +656,9 @@ static int parse_file(struct pctx *ctx, struct policy *p, size_t *cap, const cha
     if (!cJSON_IsArray(routes))
         return errorf(ctx, routes, "'routes' must be an array, got %s", json_type(routes));
     int i = 0;
+    /* Route origins in one pass over the text (routes come in document order). */
+    size_t scanned = 0;
+    int line = 1, line_start = 0;
     for (const cJSON *e = routes->child; e; e = e->next, i++) {
         if (p->n_routes >= MAX_ROUTES) return errorf(ctx, e, "more than %d routes", MAX_ROUTES);
         struct policy_route *r = new_route(p, cap);
@@ -668,10 +672,16 @@ static int parse_file(struct pctx *ctx, struct policy *p, size_t *cap, const cha
             return errorf(ctx, e, "'%s.sticky' by header needs 'sticky.header'", where);
         if (r->backoff_max_ms < r->backoff_ms)
             return errorf(ctx, e, "'%s.retry.backoff_max_ms' is below 'retry.backoff_ms'", where);
-        int line = 0, col = 0;
-        jsonc_pos(ctx->doc, e, &line, &col);
+        size_t off = 0;
+        if (jsonc_offset(ctx->doc, e, &off) < 0) off = scanned;
+        for (; scanned < off && scanned < ctx->doc->len; scanned++) {
+            if (ctx->doc->text[scanned] == '\n') {
+                line++;
+                line_start = (int)scanned + 1;
+            }
+        }
         char buf[MAX_PATH + 64];
-        snprintf(buf, sizeof buf, "%s:%d:%d", fname, line, col);
+        snprintf(buf, sizeof buf, "%s:%d:%d", fname, line, (int)off - line_start + 1);
         if (!(r->origin = strdup(buf))) return oom(ctx);
         if (!r->name) {
             const char *base = strrchr(fname, '/');
@@ -725,28 +735,27 @@ static int build_index(struct policy *p)
     size_t ne = 0, ns = 0;
     for (size_t i = 0; i < p->n_routes; i++) {
         const struct policy_route *r = &p->routes[i];
-        bool scan = r->n_models == 0;
+        if (r->n_models == 0) ns++;
         for (size_t k = 0; k < r->n_models; k++) {
             if (is_glob(r->models[k]))
-                scan = true;
+                ns++;
             else
                 ne++;
         }
-        if (scan) ns++;
     }
     p->exact = ne ? calloc(ne, sizeof *p->exact) : NULL;
     p->scan = ns ? calloc(ns, sizeof *p->scan) : NULL;
     if ((ne && !p->exact) || (ns && !p->scan)) return -1;
     for (size_t i = 0; i < p->n_routes; i++) {
         const struct policy_route *r = &p->routes[i];
-        bool scan = r->n_models == 0;
+        if (r->n_models == 0) p->scan[p->n_scan++] = (struct policy_glob){i, NULL, 0};
         for (size_t k = 0; k < r->n_models; k++) {
-            if (is_glob(r->models[k]))
-                scan = true;
+            const char *m = r->models[k];
+            if (is_glob(m))
+                p->scan[p->n_scan++] = (struct policy_glob){i, m, strcspn(m, "*?[\\")};
             else
-                p->exact[p->n_exact++] = (struct policy_exact){r->models[k], i};
+                p->exact[p->n_exact++] = (struct policy_exact){m, i};
         }
-        if (scan) p->scan[p->n_scan++] = i;
     }
     if (p->n_exact > 1) qsort(p->exact, p->n_exact, sizeof *p->exact, exact_cmp);
     return 0;
@@ -882,16 +891,6 @@ static bool rest_matches(const struct policy_route *r, const struct route_query 
     return true;
 }
 
-static bool model_matches(const struct policy_route *r, const char *model)
-{
-    if (r->n_models == 0) return true;
-    for (size_t k = 0; k < r->n_models; k++) {
-        const char *pat = r->models[k];
-        if (is_glob(pat) ? fnmatch(pat, model, 0) == 0 : strcmp(pat, model) == 0) return true;
-    }
-    return false;
-}
-
 const struct policy_route *policy_match(const struct policy *p, const struct route_query *q)
 {
     if (!p || !q->model) return NULL;
@@ -912,10 +911,14 @@ const struct policy_route *policy_match(const struct policy *p, const struct rou
         }
     }
     /* Glob and any-model routes only win when they come earlier. */
-    for (size_t i = 0; i < p->n_scan && p->scan[i] < best; i++) {
-        const struct policy_route *r = &p->routes[p->scan[i]];
-        if (model_matches(r, q->model) && rest_matches(r, q)) {
-            best = p->scan[i];
+    for (size_t i = 0; i < p->n_scan && p->scan[i].route < best; i++) {
+        const struct policy_glob *g = &p->scan[i];
+        if (g->pattern &&
+            ((g->lit && g->pattern[0] != q->model[0]) ||
+             strncmp(g->pattern, q->model, g->lit) != 0 || fnmatch(g->pattern, q->model, 0) != 0))
+            continue;
+        if (rest_matches(&p->routes[g->route], q)) {
+            best = g->route;
             break;
         }
     }

@@ -81,6 +81,14 @@ struct policy_route {
     unsigned chunk_tokens, overlap_tokens;
 };
 
+/* A glob (or any-model) pattern of a route, with its literal prefix length so
+ * that most non-matching patterns are ruled out by one memcmp. */
+struct policy_glob {
+    size_t route;
+    const char *pattern; /* NULL = any model */
+    size_t lit;
+};
+
 /* Exact-name index entry (sorted by name, then route index). */
 struct policy_exact {
     const char *name;
@@ -98,7 +106,7 @@ struct policy {
     size_t n_routes;
     struct policy_exact *exact;
     size_t n_exact;
-    size_t *scan; /* routes with glob or any-model matches, ascending */
+    struct policy_glob *scan; /* glob and any-model patterns, by ascending route */
     size_t n_scan;
 };
 
