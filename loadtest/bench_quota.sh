@@ -42,7 +42,7 @@ pin_client=() pin_server=()
 if [ "$PIN" = 1 ] && [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null; then
     pin_client=(taskset -c 0)
     pin_server=(taskset -c 1)
-    pin_note="loadgen pinned to CPU 0; mock, Redis and llmgate share CPU 1 (taskset)"
+    pin_note="loadgen and Redis pinned to CPU 0 (Redis stands in for a separate host), mock and llmgate share CPU 1 (taskset)"
 else
     PIN=0
     pin_note="no CPU pinning"
@@ -84,7 +84,7 @@ MOCK_PORT=$(cat "$tmp/mock.port")
 wait_up "$mock_pid" "http://127.0.0.1:$MOCK_PORT/mock/stats" || { log "mock not answering"; exit 1; }
 
 REDIS_PORT=$(free_port)
-"${pin_server[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+"${pin_client[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --loglevel warning >"$tmp/redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -148,6 +148,9 @@ for n in $(seq "$ROUNDS"); do
     done
 done
 after=$(redis-cli -p "$REDIS_PORT" xlen llmgate:usage)
+# Redis's own time per call (server side), to tell script cost from scheduling delay.
+cmdstats=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+    awk -F'[:,=]' '/^cmdstat_(evalsha|eval|hgetall|xadd)/ { printf "%s calls=%s usec_per_call=%s; ", $1, $3, $7 }')
 quota_ok=$(awk -F, '$1 == "quota" { s += $9 } END { print s }' "$csv")
 
 # ---- report -------------------------------------------------------------------------
@@ -173,6 +176,7 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROU
     echo "  after ${WARMUP}s warmup. $pin_note."
     echo "- Usage records written during the quota runs (warmups included): $((after - before));"
     echo "  measured successful quota requests: $quota_ok."
+    echo "- Redis server-side cost (INFO commandstats): ${cmdstats:-n/a}"
     echo
     echo "| target | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | errors |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
