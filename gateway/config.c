@@ -242,6 +242,19 @@ static const struct option config_options[] = {
     ROW_STRING("admin.token_env", C(admin_token_env), "LLMGATE_ADMIN_TOKEN", 1, 128,
                validate_env_name, 0,
                "environment variable holding the admin API token (unset: admin API off)"),
+    {.name = "cache.enabled",
+     .type = OPT_BOOL,
+     .offset = C(cache_enabled),
+     .def_num = 1,
+     .doc = "answer repeated chat/completions requests from the Redis response cache (which "
+            "requests are cacheable is the route's `cache` policy; Redis down = bypass)"},
+    ROW_UINT("cache.default_ttl_s", C(cache_default_ttl_s), 3600, 1, 31536000,
+             "lifetime of a cached answer when the route's `cache.ttl_s` is 0"),
+    ROW_SIZE("cache.max_entry_bytes", C(cache_max_entry_bytes), 1048576, 1024, 67108864,
+             "answers larger than this are not cached"),
+    ROW_MS("cache.max_wait_ms", C(cache_max_wait_ms), 10000, 0, 600000,
+           "identical cacheable requests wait at most this long for the one in flight before "
+           "going upstream themselves (0 = no single flight)"),
     ROW_STRING("policy.dir", C(policy_dir), NULL, 1, 4096, NULL, 0,
                "directory of routing policy files (`*.json`, see policies/README.md); unset: "
                "only the `models` section routes"),

@@ -93,6 +93,12 @@ struct config {
     char *admin_token_env;            /* environment variable holding the admin token */
     char *admin_token;                /* its value read at load time, or NULL; never log it */
 
+    /* response cache (gateway/cachestage.c); routes override per policy */
+    bool cache_enabled;             /* use the Redis response cache at all */
+    unsigned cache_default_ttl_s;   /* entry lifetime when the route sets none */
+    size_t cache_max_entry_bytes;   /* larger answers are not stored */
+    unsigned cache_max_wait_ms;     /* single flight: bound on waiting for an identical request */
+
     char *policy_dir;   /* routing policy directory, or NULL (the models section only) */
     bool policy_watch;  /* reload when a policy file changes (inotify) */
     struct policy *policy; /* routes compiled for this snapshot (one reference), or NULL */

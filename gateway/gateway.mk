@@ -9,6 +9,7 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/server.c gateway/server.h \
 	gateway/request.c gateway/request.h \
 	gateway/relay.c gateway/relay.h \
+	gateway/cachestage.c gateway/cachestage.h \
 	gateway/accesslog.c gateway/accesslog.h \
 	gateway/health.c gateway/health.h \
 	gateway/routing_admin.c gateway/routing_admin.h \

@@ -570,7 +570,8 @@ void quota_settle(struct request *r)
         completion = r->usage.chunks;
         estimated = true;
     }
-    long actual = prompt + completion;
+    /* A cached answer costs nothing upstream and, unless its route says so, no tokens. */
+    long actual = r->usage.from_cache && !r->usage.charge_cached ? 0 : prompt + completion;
     if (!r->quota.member[0]) new_member(r->quota.member);
 
     struct quota_scope sc[QUOTA_MAX_SCOPES];
@@ -581,7 +582,8 @@ void quota_settle(struct request *r)
     const char *model = r->oai.model ? r->oai.model : "";
     const struct model_conf *mc = r->oai.model ? config_find_model(cfg, r->oai.model) : NULL;
     long long cost =
-        mc ? ((long long)prompt * mc->price_prompt + (long long)completion * mc->price_completion) /
+        mc && !r->usage.from_cache
+            ? ((long long)prompt * mc->price_prompt + (long long)completion * mc->price_completion) /
                  1000
            : 0;
     uint64_t ts = util_wall_ms();

@@ -25,6 +25,7 @@
 #include "autoconf.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "gateway/cachestage.h"
 #include "gateway/quota.h"
 #include "routing/adapter.h"
 #include "routing/policy.h"
@@ -120,6 +121,7 @@ static int relay_event(struct request *r, const struct sse_event *ev)
         bool ok = cJSON_IsObject(doc);
         /* Metering: usage and content chunks; the usage-only chunk is dropped
          * when only the gateway asked for it (gateway/quota.c). */
+        if (ok) cachestage_observe_chunk(r, doc); /* assembles a cacheable answer */
         bool drop = ok && quota_usage_from_chunk(r, doc);
         cJSON_Delete(doc);
         if (!ok) {
@@ -234,6 +236,7 @@ static void finish_stream(struct request *r, enum upstream_result res, const cha
     if (res == UPSTREAM_OK && r->saw_done && !truncated) {
         flush_frames(r);
         evhttp_send_reply_end(r->req);
+        cachestage_stream_complete(r); /* whole: the cache may store it */
         request_end(r);
         return;
     }
@@ -274,7 +277,10 @@ static void finish_buffered(struct request *r)
     cJSON *doc = len ? cJSON_ParseWithLength(body, len) : NULL;
     bool is_error_shape = doc && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(doc, "error"));
     bool ok_json = doc && cJSON_IsObject(doc);
-    if (ok_json && r->up_status == 200) quota_usage_from_body(r, doc);
+    if (ok_json && r->up_status == 200) {
+        quota_usage_from_body(r, doc);
+        cachestage_observe_body(r, doc, body, len);
+    }
     cJSON_Delete(doc);
 
     if (r->up_status == 200) {
@@ -327,6 +333,11 @@ static bool forward_match(const char *list, const char *name)
             return true;
     }
     return false;
+}
+
+bool relay_forwards_header(const struct provider_conf *p, const char *name)
+{
+    return p->forward_headers && forward_match(p->forward_headers, name);
 }
 
 /* The old single-target ending of a failed or finished attempt: the client gets

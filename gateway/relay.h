@@ -15,6 +15,8 @@ void relay_free(struct request *r);
 enum stage_rc relay_dispatch(struct request *r);
 /* Stops a running transfer (client gone); the request is ended by the caller. */
 void relay_cancel(struct request *r);
+/* Whether provider p forwards the client header name upstream (forward_headers). */
+bool relay_forwards_header(const struct provider_conf *p, const char *name);
 /* Whether the client has seen the response head (a stream started). */
 bool relay_started(const struct request *r);
 

@@ -15,6 +15,7 @@
 #include "common/util.h"
 #include "gateway/accesslog.h"
 #include "gateway/admin.h"
+#include "gateway/cachestage.h"
 #include "gateway/keys.h"
 #include "gateway/quota.h"
 #include "gateway/relay.h"
@@ -101,7 +102,8 @@ static const request_stage_fn proxy_stages[] = {
     stage_parse,
     keys_authorize_model,
     stage_route,
-    quota_reserve,
+    quota_reserve,     /* before the cache: a hit still counts as a request */
+    cachestage_lookup,
     relay_dispatch,
 };
 static const request_stage_fn models_stages[] = {
@@ -200,6 +202,7 @@ enum stage_rc request_fail(struct request *r, int status, const char *type, cons
 static void request_free(struct request *r)
 {
     relay_free(r);
+    cachestage_request_free(r);
     keys_record_release(r->key);
     oai_request_free(&r->oai);
     config_unref(r->cfg);
@@ -222,7 +225,8 @@ void request_end(struct request *r)
     r->finished = true;
     struct worker *w = r->w;
     relay_cancel(r);
-    quota_settle(r); /* charge, refund, usage record */
+    cachestage_request_end(r); /* store the answer, hand it to identical waiters */
+    quota_settle(r);           /* charge, refund, usage record */
     if (r->conn) {
         if (r->watching) conn_unwatch(r->conn);
         r->conn->active = NULL;

@@ -40,6 +40,7 @@ enum relay_state { RS_UPSTREAM, RS_STREAMING };
 
 struct request;
 struct key_record;
+struct cachestage_req;
 typedef enum stage_rc (*request_stage_fn)(struct request *r);
 
 /* A request's quota reservation (gateway/quota.c). */
@@ -60,6 +61,8 @@ struct request_usage {
     bool strip;    /* the client did not ask for usage: drop the usage-only chunk */
     long prompt, completion, cached;
     long chunks; /* content chunks relayed to the client */
+    bool from_cache;    /* answered by the response cache: no upstream cost */
+    bool charge_cached; /* ... and the route charges it against token quotas */
 };
 
 struct request {
@@ -119,6 +122,9 @@ struct request {
     struct key_record *key; /* tenant key (one reference); NULL for static keys or auth off */
     struct request_quota quota;
     struct request_usage usage;
+
+    /* response cache (gateway/cachestage.c); NULL when the cache was not consulted */
+    struct cachestage_req *rc;
 
     /* outcome, for the access log */
     int status;

@@ -11,6 +11,7 @@
 
 #include "cache/redis.h"
 #include "common/log.h"
+#include "gateway/cachestage.h"
 #include "gateway/health.h"
 #include "gateway/keys.h"
 #include "gateway/quota.h"
@@ -132,7 +133,8 @@ int worker_init(struct worker *w, struct gateway *gw, unsigned index, struct con
     w->redis = redis_new(w->base, &ro);
     if (w->redis) w->keycache = keycache_new(w);
     if (w->redis) w->quota = quota_worker_new(w);
-    if (!w->wake || !w->up || !w->redis || !w->keycache || !w->quota) {
+    w->rcache = cachestage_worker_new(w);
+    if (!w->wake || !w->up || !w->redis || !w->keycache || !w->quota || !w->rcache) {
         snprintf(err, errlen, "cannot create the worker's event or upstream client");
         return -1;
     }
@@ -190,6 +192,7 @@ void worker_join(struct worker *w)
     redis_free(w->redis);
     keycache_free(w->keycache);
     quota_worker_free(w->quota);
+    cachestage_worker_free(w->rcache);
     if (w->drain_timer) event_free(w->drain_timer);
     if (w->wake) event_free(w->wake);
     if (w->base) event_base_free(w->base);

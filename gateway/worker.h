@@ -15,6 +15,7 @@ struct conn;
 struct gateway;
 struct keycache;
 struct quota_worker;
+struct cachestage_worker;
 
 struct worker {
     unsigned index;
@@ -29,6 +30,7 @@ struct worker {
     struct redis *redis;  /* this worker's Redis connection (cache/redis.h) */
     struct keycache *keycache;  /* tenant keys read from Redis (gateway/keys.c) */
     struct quota_worker *quota; /* local limiter, spool replay (gateway/quota.c) */
+    struct cachestage_worker *rcache; /* response-cache single flight (gateway/cachestage.c) */
     struct config *cfg;   /* this worker's snapshot (one reference) */
     struct event *wake;   /* made active by other threads */
     struct event *health; /* worker 0 only: upstream probe timer */

@@ -30,6 +30,8 @@ static const char *const failure_names[PF_COUNT + 1] = {
     "connect_error", NULL};
 static const char *const sticky_names[] = {"none", "tenant", "header", NULL};
 static const char *const long_input_names[] = {"reject", "truncate", "chunk", "fallback", NULL};
+static const char *const cache_mode_names[] = {"auto", "always", "never", NULL};
+static const char *const cache_scope_names[] = {"tenant", "shared", NULL};
 
 const char *policy_failure_name(enum policy_failure f)
 {
@@ -225,7 +227,26 @@ static const struct row route_rows[] = {
      .offset = RT(cache_ttl_s),
      .def = 0,
      .max = 31536000,
-     .doc = "response cache lifetime for this route (0 = not cached)"},
+     .doc = "response cache lifetime for this route (0 = the config's `cache.default_ttl_s`)"},
+    {.name = "cache.mode",
+     .type = R_ENUM,
+     .offset = RT(cache_mode),
+     .def = CACHE_MODE_AUTO,
+     .enum_names = cache_mode_names,
+     .doc = "`auto` caches deterministic requests (temperature 0 or a seed), `always` every "
+            "request, `never` none"},
+    {.name = "cache.scope",
+     .type = R_ENUM,
+     .offset = RT(cache_scope),
+     .def = CACHE_SCOPE_TENANT,
+     .enum_names = cache_scope_names,
+     .doc = "`tenant`: answers are shared only within the tenant; `shared`: across tenants"},
+    {.name = "cache.charge_tokens",
+     .type = R_BOOL,
+     .offset = RT(cache_charge_tokens),
+     .def = 0,
+     .def_doc = "`false`",
+     .doc = "cached answers count against token quotas (they always count as requests)"},
     {.name = "long_input.strategy",
      .type = R_ENUM,
      .offset = RT(long_input),

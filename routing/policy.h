@@ -36,6 +36,10 @@ enum policy_failure {
 
 enum sticky_by { STICKY_NONE = 0, STICKY_TENANT, STICKY_HEADER };
 enum long_input_strategy { LI_REJECT = 0, LI_TRUNCATE, LI_CHUNK, LI_FALLBACK };
+/* Response cache (gateway/cachestage.c): auto = deterministic requests only
+ * (temperature 0 or a seed); scope tenant = one cache per tenant. */
+enum cache_mode { CACHE_MODE_AUTO = 0, CACHE_MODE_ALWAYS, CACHE_MODE_NEVER };
+enum cache_scope { CACHE_SCOPE_TENANT = 0, CACHE_SCOPE_SHARED };
 
 struct policy_target {
     char *provider_name;
@@ -76,7 +80,10 @@ struct policy_route {
     struct breaker_conf breaker;
 
     /* read by the cache and long-input stages */
-    unsigned cache_ttl_s;
+    unsigned cache_ttl_s; /* 0 = the config's cache.default_ttl_s */
+    enum cache_mode cache_mode;
+    enum cache_scope cache_scope;
+    bool cache_charge_tokens; /* cached answers count against token quotas */
     enum long_input_strategy long_input;
     unsigned chunk_tokens, overlap_tokens;
 };

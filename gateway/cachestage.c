@@ -1,0 +1,830 @@
+/* The response-cache stage: policy, lookup, hit replay, single flight and the
+ * store of complete answers. Keys, entries, SSE replay and the Redis commands
+ * are cache/rcache.c's; this file ties them to the request pipeline.
+ *
+ * Single flight: the first request that misses becomes its worker's leader for
+ * that key and takes a short Redis lock (SET NX PX) so leaders on other workers
+ * and replicas poll for its answer instead of going upstream too. Identical
+ * requests on the same worker park on the leader's flight with a timer
+ * (cache.max_wait_ms). When the leader ends, its complete answer is stored and
+ * handed to every waiter; if it failed, the waiters go upstream themselves. */
+#include "gateway/cachestage.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+
+#include "cache/rcache.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "gateway/relay.h"
+#include "gateway/worker.h"
+#include "routing/policy.h"
+
+#define FLIGHT_BUCKETS  1024
+#define MAX_KEY_HEADERS 32 /* relay.c forwards at most this many headers */
+#define SSE_PIECE_BYTES 64 /* content bytes per replayed chunk */
+#define POLL_FIRST_MS   5  /* lock wait: first poll, doubling ... */
+#define POLL_MAX_MS     50 /* ... up to this */
+#define RKEY_MAX        (80 + RCACHE_SCOPE_MAX + 2 * RCACHE_KEY_LEN)
+
+struct cachestage_metrics cachestage_metrics;
+
+/* An answer one request produced and others replay (refcounted, one thread). */
+struct answer {
+    int refs;
+    enum rcache_kind kind;
+    long prompt_tokens, completion_tokens;
+    uint64_t created_ms;
+    size_t len;
+    char body[];
+};
+
+/* States of a request's cache state:
+ *   BYPASS   - the cache is not used (policy, Cache-Control, Redis down)
+ *   LOOKUP   - GET in flight
+ *   CLAIM    - miss: the claim script (entry or lock) in flight
+ *   LOCKWAIT - another worker or replica holds the lock: polling on a timer
+ *   LEADER   - upstream; identical requests wait on our flight; stored at the end
+ *   STORER   - upstream without a flight (no-cache, stale, released waiter); stored
+ *   WAITER   - parked on another request's flight, with a timer
+ *   SERVED   - answered from the cache (hit or coalesced) */
+enum crq_state {
+    CRQ_BYPASS,
+    CRQ_LOOKUP,
+    CRQ_CLAIM,
+    CRQ_LOCKWAIT,
+    CRQ_LEADER,
+    CRQ_STORER,
+    CRQ_WAITER,
+    CRQ_SERVED
+};
+
+struct flight;
+
+struct cachestage_req {
+    struct request *r;
+    enum crq_state st;
+    uint8_t key[RCACHE_KEY_LEN];
+    char rkey[RKEY_MAX], lock[RKEY_MAX + 8], token[33];
+    unsigned ttl_s;
+    long long max_age_ms; /* Cache-Control max-age, -1 when absent */
+    bool charge;          /* hits count against token quotas */
+    bool have_lock;
+    /* the target the key was built for: an answer from a fallback is not stored */
+    const struct provider_conf *provider;
+    const char *upstream_model;
+    struct flight *flight;       /* leader: ours; waiter: the one we wait on */
+    struct cachestage_req *next; /* in flight->waiters */
+    bool wait_hold;              /* a waiter/poller reference on r is held */
+    struct event *timer;         /* waiter: bound on the wait; lock waiter: next poll */
+    uint64_t deadline_ms;
+    unsigned poll_ms;
+    struct answer *ans; /* served from this answer (waiter: handed over by the leader) */
+    /* the answer observed going to the client */
+    struct rcache_asm *as;
+    bool stream_done;
+    char *body;
+    size_t body_len;
+    long prompt_tokens, completion_tokens;
+};
+
+struct flight {
+    struct flight *next; /* bucket chain */
+    struct cachestage_req *leader;
+    struct cachestage_req *waiters, **tail;
+    unsigned bucket;
+};
+
+struct cachestage_worker {
+    struct worker *w;
+    bool redis_down; /* this worker saw Redis fail last */
+    struct flight *buckets[FLIGHT_BUCKETS];
+};
+
+/* ---------------------------------------------------------------- small helpers */
+
+static _Atomic unsigned workers_down;
+
+/* One log line per outage: when the first worker sees Redis fail, and when the
+ * last one sees it back. */
+static void note_redis(struct cachestage_worker *cw, bool up)
+{
+    if (!cw || cw->redis_down == !up) return;
+    cw->redis_down = !up;
+    if (!up && atomic_fetch_add(&workers_down, 1) == 0)
+        log_warn("rcache", "Redis unreachable: the response cache is bypassed until it is back");
+    if (up && atomic_fetch_sub(&workers_down, 1) == 1)
+        log_info("rcache", "Redis reachable again: the response cache is back");
+}
+
+static void set_header(struct request *r, const char *name, const char *value)
+{
+    if (!r->req) return;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    evhttp_remove_header(h, name);
+    evhttp_add_header(h, name, value);
+}
+
+static void answer_unref(struct answer *a)
+{
+    if (a && --a->refs == 0) free(a);
+}
+
+static struct answer *answer_new(enum rcache_kind kind, const char *body, size_t len, long pt,
+                                 long ct, uint64_t created_ms)
+{
+    struct answer *a = malloc(sizeof *a + len + 1);
+    if (!a) return NULL;
+    a->refs = 1;
+    a->kind = kind;
+    a->prompt_tokens = pt;
+    a->completion_tokens = ct;
+    a->created_ms = created_ms;
+    a->len = len;
+    memcpy(a->body, body, len);
+    a->body[len] = '\0';
+    return a;
+}
+
+static enum rcache_kind kind_of(const struct request *r)
+{
+    return r->kind == REQ_COMPLETIONS ? RCACHE_COMPLETIONS : RCACHE_CHAT;
+}
+
+/* ---------------------------------------------------------------- flights */
+
+static unsigned bucket_of(const uint8_t key[RCACHE_KEY_LEN])
+{
+    return ((unsigned)key[0] << 8 | key[1]) % FLIGHT_BUCKETS;
+}
+
+/* The flight for rkey (prefix + scope + key: tenants never share one). */
+static struct flight *flight_find(struct cachestage_worker *cw, const struct cachestage_req *c)
+{
+    for (struct flight *f = cw->buckets[bucket_of(c->key)]; f; f = f->next)
+        if (strcmp(f->leader->rkey, c->rkey) == 0) return f;
+    return NULL;
+}
+
+static struct flight *flight_new(struct cachestage_worker *cw, struct cachestage_req *leader)
+{
+    struct flight *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->leader = leader;
+    f->tail = &f->waiters;
+    f->bucket = bucket_of(leader->key);
+    f->next = cw->buckets[f->bucket];
+    cw->buckets[f->bucket] = f;
+    leader->flight = f;
+    return f;
+}
+
+static void flight_unlink_waiter(struct flight *f, struct cachestage_req *c)
+{
+    for (struct cachestage_req **p = &f->waiters; *p; p = &(*p)->next) {
+        if (*p != c) continue;
+        *p = c->next;
+        if (f->tail == &c->next) f->tail = p;
+        c->next = NULL;
+        c->flight = NULL;
+        return;
+    }
+}
+
+/* The leader is done: every waiter gets ans (or, when NULL, goes upstream
+ * itself) from its own timer callback, never from inside the leader's end. */
+static void flight_finish(struct cachestage_worker *cw, struct flight *f, struct answer *ans)
+{
+    for (struct flight **p = &cw->buckets[f->bucket]; *p; p = &(*p)->next) {
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    }
+    struct cachestage_req *c = f->waiters;
+    while (c) {
+        struct cachestage_req *next = c->next;
+        c->next = NULL;
+        c->flight = NULL;
+        if (ans) {
+            c->ans = ans;
+            ans->refs++;
+        }
+        evtimer_del(c->timer);
+        event_active(c->timer, EV_TIMEOUT, 1);
+        c = next;
+    }
+    f->leader->flight = NULL;
+    free(f);
+}
+
+/* ---------------------------------------------------------------- replies */
+
+/* Answers r from a stored or coalesced answer; -1 (nothing sent) when the
+ * answer cannot be replayed. */
+static int reply_answer(struct request *r, const struct answer *a, const char *status)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) return -1;
+    if (r->oai.stream) {
+        if (rcache_render_sse(a->body, a->len, a->kind, r->oai.include_usage, SSE_PIECE_BYTES, b) !=
+            0) {
+            evbuffer_free(b);
+            return -1;
+        }
+    } else {
+        evbuffer_add(b, a->body, a->len);
+    }
+    struct cachestage_req *c = r->rc;
+    server_common_headers(r->req, r->id, r->w->draining);
+    if (r->oai.stream) {
+        set_header(r, "Content-Type", "text/event-stream; charset=utf-8");
+        set_header(r, "Cache-Control", "no-cache");
+    }
+    set_header(r, "x-llmgate-cache", status);
+    char age[32];
+    uint64_t now = util_wall_ms();
+    snprintf(age, sizeof age, "%llu",
+             (unsigned long long)(now > a->created_ms ? (now - a->created_ms) / 1000 : 0));
+    set_header(r, "Age", age);
+    /* Metering: the answer's tokens, all of them cached; no upstream cost. */
+    r->usage.reported = true;
+    r->usage.prompt = a->prompt_tokens;
+    r->usage.completion = a->completion_tokens;
+    r->usage.cached = a->prompt_tokens + a->completion_tokens;
+    r->usage.from_cache = true;
+    r->usage.charge_cached = c->charge;
+    r->status = 200;
+    r->bytes_out = evbuffer_get_length(b);
+    atomic_fetch_add(&cachestage_metrics.hit_bytes, r->bytes_out);
+    c->st = CRQ_SERVED;
+    evhttp_send_reply(r->req, 200, "OK", b);
+    evbuffer_free(b);
+    request_end(r);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- going upstream */
+
+/* A stored stream must carry its usage: ask for it upstream and drop it again
+ * for a client that did not (as quota.c does). */
+static void want_stream_usage(struct request *r)
+{
+    struct oai_request *o = &r->oai;
+    if (!o->stream || o->include_usage || r->usage.strip || !o->root) return;
+    cJSON *so = cJSON_GetObjectItemCaseSensitive(o->root, "stream_options");
+    if (!cJSON_IsObject(so)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(o->root, "stream_options");
+        so = cJSON_AddObjectToObject(o->root, "stream_options");
+    }
+    if (!so) return;
+    cJSON_DeleteItemFromObjectCaseSensitive(so, "include_usage");
+    if (cJSON_AddTrueToObject(so, "include_usage")) r->usage.strip = true;
+}
+
+/* Continues to dispatch as leader (with a flight) or storer; the answer is
+ * stored when complete. */
+static void go_upstream(struct cachestage_req *c, enum crq_state st)
+{
+    c->st = st;
+    atomic_fetch_add(&cachestage_metrics.misses, 1);
+    set_header(c->r, "x-llmgate-cache", "miss");
+    want_stream_usage(c->r);
+}
+
+static void bypass(struct request *r)
+{
+    if (r->rc) r->rc->st = CRQ_BYPASS;
+    atomic_fetch_add(&cachestage_metrics.bypasses, 1);
+    set_header(r, "x-llmgate-cache", "bypass");
+}
+
+/* ---------------------------------------------------------------- lookup */
+
+static void on_get(enum rcache_result res, const char *value, size_t len, void *ud);
+static void on_claim(enum rcache_result res, const char *value, size_t len, void *ud);
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* A stored value for c: 1 when r was answered, 0 when it is no answer for r
+ * (corrupt: deleted; too old for the client's max-age: *stale set). */
+static int serve_value(struct cachestage_req *c, const char *value, size_t len, const char *status,
+                       bool *stale)
+{
+    struct request *r = c->r;
+    struct rcache_entry e;
+    if (rcache_entry_decode(value, len, c->key, &e) != 0 || e.kind != kind_of(r)) {
+        atomic_fetch_add(&cachestage_metrics.corrupt, 1);
+        log_warn("rcache", "%s: corrupt cache entry %s deleted", r->id, c->rkey);
+        if (rcache_delete(r->w->redis, c->rkey) != 0) note_redis(r->w->rcache, false);
+        return 0;
+    }
+    uint64_t now = util_wall_ms();
+    if (c->max_age_ms >= 0 && now > e.created_ms && now - e.created_ms > (uint64_t)c->max_age_ms) {
+        *stale = true;
+        return 0;
+    }
+    struct answer *a =
+        answer_new(e.kind, e.body, e.body_len, e.prompt_tokens, e.completion_tokens, e.created_ms);
+    if (!a) return 0;
+    c->ans = a;
+    if (reply_answer(r, a, status) != 0) {
+        c->ans = NULL;
+        answer_unref(a);
+        atomic_fetch_add(&cachestage_metrics.corrupt, 1);
+        log_warn("rcache", "%s: cache entry %s does not replay; deleted", r->id, c->rkey);
+        if (rcache_delete(r->w->redis, c->rkey) != 0) note_redis(r->w->rcache, false);
+        return 0;
+    }
+    atomic_fetch_add(
+        strcmp(status, "hit") == 0 ? &cachestage_metrics.hits : &cachestage_metrics.coalesced, 1);
+    return 1;
+}
+
+static void arm_timer(struct cachestage_req *c, unsigned ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+/* Parks c on flight f until the leader ends or cache.max_wait_ms passes. */
+static void join_flight(struct cachestage_req *c, struct flight *f)
+{
+    c->st = CRQ_WAITER;
+    c->flight = f;
+    *f->tail = c;
+    f->tail = &c->next;
+    request_hold(c->r);
+    c->wait_hold = true;
+    arm_timer(c, c->r->cfg->cache_max_wait_ms);
+}
+
+/* Sends the claim script (entry, or our lock). false when Redis is down. */
+static bool send_claim(struct cachestage_req *c)
+{
+    struct request *r = c->r;
+    request_hold(r);
+    if (rcache_claim(r->w->redis, c->rkey, c->lock, c->token, r->cfg->cache_max_wait_ms, on_claim,
+                     c) == 0)
+        return true;
+    request_release(r);
+    note_redis(r->w->rcache, false);
+    return false;
+}
+
+/* A miss (or an unusable entry): wait for an identical request in flight, or
+ * lead one. Called from a Redis callback: resumes r when it goes upstream. */
+static void after_miss(struct cachestage_req *c, bool stale)
+{
+    struct request *r = c->r;
+    struct cachestage_worker *cw = r->w->rcache;
+    if (stale || r->cfg->cache_max_wait_ms == 0) {
+        go_upstream(c, CRQ_STORER);
+        request_resume(r);
+        return;
+    }
+    struct flight *f = flight_find(cw, c);
+    if (f) {
+        join_flight(c, f);
+        return;
+    }
+    if (!flight_new(cw, c)) {
+        go_upstream(c, CRQ_STORER);
+        request_resume(r);
+        return;
+    }
+    c->st = CRQ_CLAIM;
+    if (!send_claim(c)) {
+        go_upstream(c, CRQ_LEADER);
+        request_resume(r);
+    }
+}
+
+static void on_get(enum rcache_result res, const char *value, size_t len, void *ud)
+{
+    struct cachestage_req *c = ud;
+    struct request *r = c->r;
+    if (r->finished) {
+        request_release(r);
+        return;
+    }
+    bool stale = false;
+    if (res == RCACHE_DOWN || res == RCACHE_ERROR) {
+        if (res == RCACHE_DOWN) note_redis(r->w->rcache, false);
+        if (res == RCACHE_ERROR) log_warn("rcache", "%s: GET %s failed", r->id, c->rkey);
+        bypass(r);
+        request_resume(r);
+    } else {
+        note_redis(r->w->rcache, true);
+        if (res != RCACHE_HIT || serve_value(c, value, len, "hit", &stale) == 0)
+            after_miss(c, stale);
+    }
+    request_release(r);
+}
+
+static void on_claim(enum rcache_result res, const char *value, size_t len, void *ud)
+{
+    struct cachestage_req *c = ud;
+    struct request *r = c->r;
+    if (r->finished) {
+        request_release(r);
+        return;
+    }
+    bool stale = false;
+    switch (res) {
+    case RCACHE_HIT:
+        /* Stored since our GET (a leader elsewhere finished): coalesced when we waited. */
+        note_redis(r->w->rcache, true);
+        if (serve_value(c, value, len, c->st == CRQ_LOCKWAIT ? "coalesced" : "hit", &stale)) break;
+        go_upstream(c, CRQ_LEADER);
+        request_resume(r);
+        break;
+    case RCACHE_CLAIMED:
+        note_redis(r->w->rcache, true);
+        c->have_lock = true;
+        go_upstream(c, CRQ_LEADER);
+        request_resume(r);
+        break;
+    case RCACHE_MISS: /* the lock is someone else's: poll until it is released or stored */
+        note_redis(r->w->rcache, true);
+        if (c->st != CRQ_LOCKWAIT) {
+            atomic_fetch_add(&cachestage_metrics.lock_waits, 1);
+            c->st = CRQ_LOCKWAIT;
+            c->deadline_ms = util_now_ms() + r->cfg->cache_max_wait_ms;
+            c->poll_ms = POLL_FIRST_MS;
+        }
+        arm_timer(c, c->poll_ms);
+        c->poll_ms = c->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : c->poll_ms * 2;
+        break;
+    default:
+        if (res == RCACHE_DOWN) note_redis(r->w->rcache, false);
+        go_upstream(c, CRQ_LEADER);
+        request_resume(r);
+    }
+    request_release(r);
+}
+
+/* Waiter: the leader ended (c->ans set when it left an answer) or the wait
+ * timed out. Lock waiter: time for the next poll. */
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct cachestage_req *c = arg;
+    struct request *r = c->r;
+    if (c->st == CRQ_LOCKWAIT) {
+        if (util_now_ms() >= c->deadline_ms) {
+            atomic_fetch_add(&cachestage_metrics.wait_timeouts, 1);
+            go_upstream(c, CRQ_LEADER);
+            request_resume(r);
+        } else if (!send_claim(c)) {
+            go_upstream(c, CRQ_LEADER);
+            request_resume(r);
+        }
+        return;
+    }
+    if (c->st != CRQ_WAITER) return;
+    if (c->flight) { /* timed out: the leader is still going */
+        flight_unlink_waiter(c->flight, c);
+        atomic_fetch_add(&cachestage_metrics.wait_timeouts, 1);
+    }
+    c->wait_hold = false;
+    if (!r->finished) {
+        struct answer *a = c->ans;
+        if (a && reply_answer(r, a, "coalesced") == 0) {
+            atomic_fetch_add(&cachestage_metrics.coalesced, 1);
+        } else {
+            /* The leader failed or took too long: go upstream, and store what comes back. */
+            go_upstream(c, CRQ_STORER);
+            request_resume(r);
+        }
+    }
+    request_release(r);
+}
+
+/* Cache-Control of the request: no-store, no-cache, max-age=N. */
+static void parse_cache_control(const char *v, bool *no_store, bool *no_cache, long long *max_age)
+{
+    while (v && *v) {
+        while (*v == ' ' || *v == ',' || *v == '\t')
+            v++;
+        const char *s = v;
+        while (*v && *v != ',')
+            v++;
+        size_t n = (size_t)(v - s);
+        while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+            n--;
+        if (n == 8 && strncasecmp(s, "no-store", 8) == 0) *no_store = true;
+        if (n == 8 && strncasecmp(s, "no-cache", 8) == 0) *no_cache = true;
+        if (n > 8 && strncasecmp(s, "max-age=", 8) == 0) {
+            long long a = 0;
+            size_t i = 8;
+            for (; i < n && s[i] >= '0' && s[i] <= '9' && a < 1000000000LL; i++)
+                a = a * 10 + (s[i] - '0');
+            if (i == n) *max_age = a;
+        }
+    }
+}
+
+/* Whether the request's sampling makes its answer reproducible. */
+static bool deterministic(const cJSON *root)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "temperature");
+    const cJSON *seed = cJSON_GetObjectItemCaseSensitive(root, "seed");
+    return (cJSON_IsNumber(t) && t->valuedouble == 0) || cJSON_IsNumber(seed);
+}
+
+enum stage_rc cachestage_lookup(struct request *r)
+{
+    const struct config *cfg = r->cfg;
+    if (!cfg->cache_enabled || (r->kind != REQ_CHAT && r->kind != REQ_COMPLETIONS) || !r->oai.root)
+        return STAGE_NEXT;
+    const struct policy_route *route = r->plan.route;
+    int mode = route ? route->cache_mode : CACHE_MODE_AUTO;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
+    bool no_store = false, no_cache = false;
+    long long max_age = -1;
+    parse_cache_control(evhttp_find_header(in, "Cache-Control"), &no_store, &no_cache, &max_age);
+    if (mode == CACHE_MODE_NEVER || no_store ||
+        (mode == CACHE_MODE_AUTO && !deterministic(r->oai.root)) || !r->w->redis || !r->w->rcache) {
+        bypass(r);
+        return STAGE_NEXT;
+    }
+    struct cachestage_req *c = calloc(1, sizeof *c);
+    if (!c) {
+        bypass(r);
+        return STAGE_NEXT;
+    }
+    r->rc = c;
+    c->r = r;
+    c->max_age_ms = max_age >= 0 ? max_age * 1000 : -1;
+    c->ttl_s = route && route->cache_ttl_s ? route->cache_ttl_s : cfg->cache_default_ttl_s;
+    c->charge = route && route->cache_charge_tokens;
+    c->provider = r->target.provider;
+    c->upstream_model = r->target.upstream_model;
+    c->timer = evtimer_new(r->w->base, on_timer, c);
+
+    /* The key: the body plus the headers this provider forwards upstream. */
+    struct rcache_header hs[MAX_KEY_HEADERS];
+    size_t nh = 0;
+    if (c->provider->forward_headers) {
+        struct evkeyval *kv;
+        TAILQ_FOREACH(kv, in, next)
+        {
+            if (nh == MAX_KEY_HEADERS) break;
+            if (relay_forwards_header(c->provider, kv->key))
+                hs[nh++] = (struct rcache_header){kv->key, kv->value};
+        }
+    }
+    struct rcache_key_input ki = {
+        .endpoint = r->kind == REQ_CHAT ? "chat.completions" : "completions",
+        .provider = c->provider->name,
+        .upstream_model = c->upstream_model,
+        .body = r->oai.root,
+        .headers = hs,
+        .n_headers = nh,
+    };
+    const char *tenant = request_tenant(r);
+    /* Scopes never collide with tenant ids, which are [A-Za-z0-9._-] only. */
+    const char *scope = route && route->cache_scope == CACHE_SCOPE_SHARED ? "~shared"
+                        : tenant                                          ? tenant
+                                                                          : "~static";
+    uint8_t tok[16];
+    if (!c->timer || rcache_key_build(&ki, NULL, c->key) != 0 ||
+        rcache_redis_key(cfg->redis_prefix, scope, c->key, c->rkey, sizeof c->rkey, c->lock,
+                         sizeof c->lock) < 0 ||
+        util_random_bytes(tok, sizeof tok) != 0) {
+        bypass(r);
+        return STAGE_NEXT;
+    }
+    for (int i = 0; i < 16; i++)
+        snprintf(c->token + 2 * i, 3, "%02x", tok[i]);
+
+    if (no_cache || max_age == 0) { /* skip the lookup, refresh the entry */
+        go_upstream(c, CRQ_STORER);
+        return STAGE_NEXT;
+    }
+    struct flight *f = cfg->cache_max_wait_ms ? flight_find(r->w->rcache, c) : NULL;
+    if (f) {
+        join_flight(c, f);
+        return STAGE_ASYNC;
+    }
+    c->st = CRQ_LOOKUP;
+    request_hold(r);
+    if (rcache_get(r->w->redis, c->rkey, on_get, c) != 0) {
+        request_release(r);
+        note_redis(r->w->rcache, false);
+        bypass(r);
+        return STAGE_NEXT;
+    }
+    return STAGE_ASYNC;
+}
+
+/* ---------------------------------------------------------------- observing the answer */
+
+static bool storing(const struct request *r)
+{
+    return r->rc && (r->rc->st == CRQ_LEADER || r->rc->st == CRQ_STORER);
+}
+
+void cachestage_observe_body(struct request *r, const cJSON *doc, const char *body, size_t len)
+{
+    if (!storing(r) || r->oai.stream) return;
+    struct cachestage_req *c = r->rc;
+    long pt, ct;
+    if (len + RCACHE_HEADER_LEN > r->cfg->cache_max_entry_bytes) {
+        atomic_fetch_add(&cachestage_metrics.too_large, 1);
+        return;
+    }
+    if (!rcache_answer_cacheable(doc, &pt, &ct)) return;
+    free(c->body);
+    if (!(c->body = malloc(len))) return;
+    memcpy(c->body, body, len);
+    c->body_len = len;
+    c->prompt_tokens = pt;
+    c->completion_tokens = ct;
+}
+
+void cachestage_observe_chunk(struct request *r, const cJSON *chunk)
+{
+    if (!storing(r)) return;
+    struct cachestage_req *c = r->rc;
+    if (!c->as && !(c->as = rcache_asm_new(kind_of(r), r->cfg->cache_max_entry_bytes))) return;
+    rcache_asm_feed(c->as, chunk);
+}
+
+void cachestage_stream_complete(struct request *r)
+{
+    if (storing(r)) r->rc->stream_done = true;
+}
+
+/* ---------------------------------------------------------------- the end */
+
+static void on_stored(enum rcache_result res, const char *value, size_t len, void *ud)
+{
+    (void)value;
+    (void)len;
+    (void)ud;
+    if (res == RCACHE_DOWN || res == RCACHE_ERROR)
+        atomic_fetch_add(&cachestage_metrics.store_failures, 1);
+}
+
+/* The complete, cacheable answer r produced, or NULL. */
+static struct answer *produced_answer(struct request *r)
+{
+    struct cachestage_req *c = r->rc;
+    if (r->status != 200 || r->error || r->target.provider != c->provider ||
+        !r->target.upstream_model || strcmp(r->target.upstream_model, c->upstream_model) != 0)
+        return NULL;
+    if (c->body) {
+        return answer_new(kind_of(r), c->body, c->body_len, c->prompt_tokens, c->completion_tokens,
+                          util_wall_ms());
+    }
+    if (!c->stream_done || !c->as) return NULL;
+    size_t len;
+    long pt, ct;
+    char *body = rcache_asm_finish(c->as, &len, &pt, &ct);
+    if (!body) return NULL;
+    struct answer *a = NULL;
+    if (len + RCACHE_HEADER_LEN <= r->cfg->cache_max_entry_bytes)
+        a = answer_new(kind_of(r), body, len, pt, ct, util_wall_ms());
+    else
+        atomic_fetch_add(&cachestage_metrics.too_large, 1);
+    free(body);
+    return a;
+}
+
+static void store(struct request *r, const struct answer *a)
+{
+    struct cachestage_req *c = r->rc;
+    struct rcache_entry e = {.kind = a->kind,
+                             .created_ms = a->created_ms,
+                             .prompt_tokens = a->prompt_tokens,
+                             .completion_tokens = a->completion_tokens,
+                             .body = a->body,
+                             .body_len = a->len};
+    size_t len;
+    char *enc = rcache_entry_encode(&e, c->key, &len);
+    if (!enc) return;
+    if (rcache_store(r->w->redis, c->rkey, c->have_lock ? c->lock : NULL, c->token, enc, len,
+                     c->ttl_s, on_stored, NULL) == 0) {
+        c->have_lock = false;
+        atomic_fetch_add(&cachestage_metrics.stores, 1);
+        atomic_fetch_add(&cachestage_metrics.stored_bytes, len);
+    } else {
+        atomic_fetch_add(&cachestage_metrics.store_failures, 1);
+        note_redis(r->w->rcache, false);
+    }
+    free(enc);
+}
+
+void cachestage_request_end(struct request *r)
+{
+    struct cachestage_req *c = r->rc;
+    if (!c) return;
+    struct cachestage_worker *cw = r->w->rcache;
+    struct answer *a = NULL;
+    switch (c->st) {
+    case CRQ_WAITER:
+        /* The client left while waiting: off the flight, no callback later. */
+        if (c->flight) flight_unlink_waiter(c->flight, c);
+        evtimer_del(c->timer);
+        if (c->wait_hold) {
+            c->wait_hold = false;
+            request_release(r); /* the pipeline's own reference keeps r alive here */
+        }
+        return;
+    case CRQ_LEADER:
+    case CRQ_STORER:
+        if ((a = produced_answer(r))) store(r, a);
+        break;
+    case CRQ_SERVED:
+        if ((a = c->ans)) a->refs++; /* a leader answered from Redis shares it */
+        break;
+    default: break;
+    }
+    evtimer_del(c->timer);
+    if (c->have_lock) {
+        if (rcache_release(r->w->redis, c->lock, c->token) != 0) note_redis(cw, false);
+        c->have_lock = false;
+    }
+    if (c->flight) flight_finish(cw, c->flight, a);
+    answer_unref(a);
+}
+
+void cachestage_request_free(struct request *r)
+{
+    struct cachestage_req *c = r->rc;
+    if (!c) return;
+    if (c->timer) event_free(c->timer);
+    answer_unref(c->ans);
+    rcache_asm_free(c->as);
+    free(c->body);
+    free(c);
+    r->rc = NULL;
+}
+
+/* ---------------------------------------------------------------- per worker */
+
+struct cachestage_worker *cachestage_worker_new(struct worker *w)
+{
+    struct cachestage_worker *cw = calloc(1, sizeof *cw);
+    if (cw) cw->w = w;
+    return cw;
+}
+
+void cachestage_worker_free(struct cachestage_worker *cw)
+{
+    if (!cw) return;
+    /* Every request ended before the worker is freed, and ending a leader
+     * removes its flight: anything left is a leak to report, not to walk. */
+    for (unsigned i = 0; i < FLIGHT_BUCKETS; i++)
+        if (cw->buckets[i]) log_warn("rcache", "flight left at worker exit");
+    if (cw->redis_down) atomic_fetch_sub(&workers_down, 1);
+    free(cw);
+}
+
+/* ---------------------------------------------------------------- metrics */
+
+static void counter(struct evbuffer *out, const char *name, const char *help,
+                    _Atomic unsigned long long *v)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+                        atomic_load(v));
+}
+
+void cachestage_metrics_write(struct evbuffer *out)
+{
+    struct cachestage_metrics *m = &cachestage_metrics;
+    counter(out, "llmgate_cache_hits_total", "Requests answered from the response cache.",
+            &m->hits);
+    counter(out, "llmgate_cache_misses_total", "Cacheable requests that went upstream.",
+            &m->misses);
+    counter(out, "llmgate_cache_bypasses_total",
+            "Requests that did not use the cache (policy, Cache-Control, Redis down).",
+            &m->bypasses);
+    counter(out, "llmgate_cache_coalesced_total",
+            "Requests answered by an identical request in flight (single flight).", &m->coalesced);
+    counter(out, "llmgate_cache_stores_total", "Answers written to the cache.", &m->stores);
+    counter(out, "llmgate_cache_store_failures_total", "Answers Redis did not take.",
+            &m->store_failures);
+    counter(out, "llmgate_cache_corrupt_total", "Unreadable entries treated as misses and deleted.",
+            &m->corrupt);
+    counter(out, "llmgate_cache_too_large_total", "Answers over cache.max_entry_bytes.",
+            &m->too_large);
+    counter(out, "llmgate_cache_hit_bytes_total", "Bytes sent to clients from the cache.",
+            &m->hit_bytes);
+    counter(out, "llmgate_cache_stored_bytes_total", "Bytes of entries written to Redis.",
+            &m->stored_bytes);
+    counter(out, "llmgate_cache_lock_waits_total",
+            "Leaders that waited for another worker's or replica's identical request.",
+            &m->lock_waits);
+    counter(out, "llmgate_cache_wait_timeouts_total",
+            "Waits that hit cache.max_wait_ms and went upstream.", &m->wait_timeouts);
+}
