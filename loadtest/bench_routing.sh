@@ -62,6 +62,8 @@ wait_up() {
     return 1
 }
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+
 # ---- 1. decision cost ---------------------------------------------------------
 log "routing decision cost"
 "$BUILDDIR/llmgate-bench-routing" >"$tmp/decision.csv"
@@ -155,6 +157,8 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_CONNECTIONS
     echo
     echo "- Machine: $(nproc) CPUs, $cpu, $(uname -sr)"
     echo "- Command: \`$cmd\`"
+    echo "- Load average when the run started: $load0 (anything but this benchmark running"
+    echo "  on the machine shows up as noise in the core-path figures)"
     echo
     echo "## One routing decision (\`llmgate-bench-routing\`, one thread)"
     echo
