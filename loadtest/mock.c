@@ -110,12 +110,9 @@ static char *dup_or_null(const char *s)
 }
 
 static const char *const ep_paths[EP_COUNT] = {
-    [EP_CHAT] = "/v1/chat/completions",
-    [EP_COMPLETIONS] = "/v1/completions",
-    [EP_EMBEDDINGS] = "/v1/embeddings",
-    [EP_MODELS] = "/v1/models",
-    [EP_MESSAGES] = "/v1/messages",
-    [EP_OTHER] = "other",
+    [EP_CHAT] = "/v1/chat/completions", [EP_COMPLETIONS] = "/v1/completions",
+    [EP_EMBEDDINGS] = "/v1/embeddings", [EP_MODELS] = "/v1/models",
+    [EP_MESSAGES] = "/v1/messages",     [EP_OTHER] = "other",
 };
 
 /* ------------------------------------------------------------------------ */
@@ -702,6 +699,14 @@ static enum mock_endpoint classify(const char *path, const char **model_id)
         *model_id = path + 11;
         return EP_MODELS;
     }
+    /* Azure OpenAI: /openai/deployments/{deployment}/{chat/completions,completions,embeddings} */
+    static const char azure[] = "/openai/deployments/";
+    const char *slash =
+        strncmp(path, azure, sizeof azure - 1) == 0 ? strchr(path + sizeof azure - 1, '/') : NULL;
+    if (slash && slash > path + sizeof azure - 1) {
+        for (int e = EP_CHAT; e <= EP_EMBEDDINGS; e++)
+            if (strcmp(slash, ep_paths[e] + 3) == 0) return (enum mock_endpoint)e; /* skip "/v1" */
+    }
     return EP_OTHER;
 }
 
@@ -1127,7 +1132,8 @@ static void usage(FILE *f)
                "per-request headers: x-mock-latency-ms x-mock-tokens x-mock-interval-ms\n"
                "  x-mock-fault (or 'none') x-mock-retry-after x-mock-fault-model (fault only\n"
                "  for this model) x-mock-fault-key + x-mock-fault-times (first N with the key)\n"
-               "POST /v1/messages speaks the Anthropic Messages API (same faults)\n"
+               "POST /v1/messages speaks the Anthropic Messages API (same faults), and\n"
+               "/openai/deployments/{d}/chat/completions (etc.) the Azure OpenAI paths\n"
                "control: GET /mock/stats, POST /mock/reset\n");
 }
 

@@ -54,6 +54,8 @@ ROUTES = [
      "breaker": {"failures": 0, "error_ratio": 0}},
     {"name": "beta-header", "match": {"model": "hd-*", "header": {"name": "x-route", "value": "beta"}},
      "targets": [{"provider": "b"}]},
+    {"name": "azure", "match": {"model": "az-model"},
+     "targets": [{"provider": "az", "model": "my-deploy"}]},
     {"name": "claude", "match": {"model": "claude-*"},
      "targets": [{"provider": "anth", "model": "claude-3-5-haiku-mock"}]},
 ]
@@ -82,6 +84,8 @@ def routing_conf(a, b, pdir, watch=True):
             "b": {"kind": "openai", "base_url": b.url + "/v1"},
             "anth": {"kind": "anthropic", "base_url": a.url + "/v1", "forward_headers": "x-mock-*",
                      "api_key_env": "LLMGATE_TEST_UPSTREAM_KEY"},
+            "az": {"kind": "azure_openai", "base_url": a.url, "api_version": "2024-10-21",
+                   "api_key_env": "LLMGATE_TEST_UPSTREAM_KEY"},
         },
     }
 
@@ -330,6 +334,20 @@ def test_anthropic_errors_in_openai_shape(gw):
     with pytest.raises(openai.APIError):  # a broken Messages stream ends with an error event
         list(gw.client(default_headers={"x-mock-fault": "reset-mid-stream"}).chat.completions.create(
             model="claude-haiku", messages=MSGS, stream=True))
+
+
+# ------------------------------------------------------------------ azure
+
+def test_azure_deployment_urls(gw, mocks):
+    a, _ = mocks
+    r = gw.client().chat.completions.create(model="az-model", messages=MSGS, max_tokens=2)
+    assert r.choices[0].message.content == "tok0 tok1 "
+    last = a.stats()["last"]
+    assert last["path"] == "/openai/deployments/my-deploy/chat/completions"
+    assert last["headers"]["api-key"] == "sk-upstream-secret"
+    assert "authorization" not in last["headers"]
+    h, text = stream_text(gw, "az-model")
+    assert text == "tok0 tok1 tok2 tok3 " and h["x-llmgate-provider"] == "az"
 
 
 # ------------------------------------------------------------------ admin
