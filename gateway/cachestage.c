@@ -72,7 +72,7 @@ struct cachestage_req {
     struct request *r;
     enum crq_state st;
     uint8_t key[RCACHE_KEY_LEN];
-    char rkey[RKEY_MAX], lock[RKEY_MAX + 8], token[33];
+    char rkey[RKEY_MAX], lock[RKEY_MAX + 8], token[32];
     unsigned ttl_s;
     long long max_age_ms; /* Cache-Control max-age, -1 when absent */
     bool charge;          /* hits count against token quotas */
@@ -153,6 +153,16 @@ static struct answer *answer_new(enum rcache_kind kind, const char *body, size_t
     return a;
 }
 
+static struct rcache_entry answer_entry(const struct answer *a)
+{
+    return (struct rcache_entry){.kind = a->kind,
+                                 .created_ms = a->created_ms,
+                                 .prompt_tokens = a->prompt_tokens,
+                                 .completion_tokens = a->completion_tokens,
+                                 .body = a->body,
+                                 .body_len = a->len};
+}
+
 static enum rcache_kind kind_of(const struct request *r)
 {
     return r->kind == REQ_COMPLETIONS ? RCACHE_COMPLETIONS : RCACHE_CHAT;
@@ -217,7 +227,7 @@ static void flight_finish(struct cachestage_worker *cw, struct flight *f, struct
             c->ans = ans;
             ans->refs++;
         }
-        evtimer_del(c->timer);
+        evtimer_del(c->timer); /* a waiter always has its timer */
         event_active(c->timer, EV_TIMEOUT, 1);
         c = next;
     }
@@ -227,20 +237,20 @@ static void flight_finish(struct cachestage_worker *cw, struct flight *f, struct
 
 /* ---------------------------------------------------------------- replies */
 
-/* Answers r from a stored or coalesced answer; -1 (nothing sent) when the
- * answer cannot be replayed. */
-static int reply_answer(struct request *r, const struct answer *a, const char *status)
+/* Answers r from a stored or coalesced answer (e's body is copied); -1 (nothing
+ * sent) when the answer cannot be replayed. */
+static int reply_answer(struct request *r, const struct rcache_entry *e, const char *status)
 {
     struct evbuffer *b = evbuffer_new();
     if (!b) return -1;
     if (r->oai.stream) {
-        if (rcache_render_sse(a->body, a->len, a->kind, r->oai.include_usage, SSE_PIECE_BYTES, b) !=
-            0) {
+        if (rcache_render_sse(e->body, e->body_len, e->kind, r->oai.include_usage, SSE_PIECE_BYTES,
+                              b) != 0) {
             evbuffer_free(b);
             return -1;
         }
     } else {
-        evbuffer_add(b, a->body, a->len);
+        evbuffer_add(b, e->body, e->body_len);
     }
     struct cachestage_req *c = r->rc;
     server_common_headers(r->req, r->id, r->w->draining);
@@ -252,13 +262,13 @@ static int reply_answer(struct request *r, const struct answer *a, const char *s
     char age[32];
     uint64_t now = util_wall_ms();
     snprintf(age, sizeof age, "%llu",
-             (unsigned long long)(now > a->created_ms ? (now - a->created_ms) / 1000 : 0));
+             (unsigned long long)(now > e->created_ms ? (now - e->created_ms) / 1000 : 0));
     set_header(r, "Age", age);
     /* Metering: the answer's tokens, all of them cached; no upstream cost. */
     r->usage.reported = true;
-    r->usage.prompt = a->prompt_tokens;
-    r->usage.completion = a->completion_tokens;
-    r->usage.cached = a->prompt_tokens + a->completion_tokens;
+    r->usage.prompt = e->prompt_tokens;
+    r->usage.completion = e->completion_tokens;
+    r->usage.cached = e->prompt_tokens + e->completion_tokens;
     r->usage.from_cache = true;
     r->usage.charge_cached = c->charge;
     r->status = 200;
@@ -330,13 +340,13 @@ static int serve_value(struct cachestage_req *c, const char *value, size_t len, 
         *stale = true;
         return 0;
     }
-    struct answer *a =
-        answer_new(e.kind, e.body, e.body_len, e.prompt_tokens, e.completion_tokens, e.created_ms);
-    if (!a) return 0;
-    c->ans = a;
-    if (reply_answer(r, a, status) != 0) {
+    /* A leader's waiters get the same answer (copied: value dies with the callback). */
+    if (c->flight && !(c->ans = answer_new(e.kind, e.body, e.body_len, e.prompt_tokens,
+                                           e.completion_tokens, e.created_ms)))
+        return 0;
+    if (reply_answer(r, &e, status) != 0) {
+        answer_unref(c->ans);
         c->ans = NULL;
-        answer_unref(a);
         atomic_fetch_add(&cachestage_metrics.corrupt, 1);
         log_warn("rcache", "%s: cache entry %s does not replay; deleted", r->id, c->rkey);
         if (rcache_delete(r->w->redis, c->rkey) != 0) note_redis(r->w->rcache, false);
@@ -347,22 +357,28 @@ static int serve_value(struct cachestage_req *c, const char *value, size_t len, 
     return 1;
 }
 
-static void arm_timer(struct cachestage_req *c, unsigned ms)
+/* Arms c's timer (made on first use: a plain hit never needs one); false when
+ * out of memory. */
+static bool arm_timer(struct cachestage_req *c, unsigned ms)
 {
+    if (!c->timer && !(c->timer = evtimer_new(c->r->w->base, on_timer, c))) return false;
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     evtimer_add(c->timer, &tv);
+    return true;
 }
 
-/* Parks c on flight f until the leader ends or cache.max_wait_ms passes. */
-static void join_flight(struct cachestage_req *c, struct flight *f)
+/* Parks c on flight f until the leader ends or cache.max_wait_ms passes; false
+ * (nothing changed) when out of memory. */
+static bool join_flight(struct cachestage_req *c, struct flight *f)
 {
+    if (!arm_timer(c, c->r->cfg->cache_max_wait_ms)) return false;
     c->st = CRQ_WAITER;
     c->flight = f;
     *f->tail = c;
     f->tail = &c->next;
     request_hold(c->r);
     c->wait_hold = true;
-    arm_timer(c, c->r->cfg->cache_max_wait_ms);
+    return true;
 }
 
 /* Sends the claim script (entry, or our lock). false when Redis is down. */
@@ -390,11 +406,9 @@ static void after_miss(struct cachestage_req *c, bool stale)
         return;
     }
     struct flight *f = flight_find(cw, c);
-    if (f) {
-        join_flight(c, f);
-        return;
-    }
-    if (!flight_new(cw, c)) {
+    if (f && join_flight(c, f)) return;
+    util_request_id(c->token); /* unique per process: whose lock it is */
+    if (f || !flight_new(cw, c)) {
         go_upstream(c, CRQ_STORER);
         request_resume(r);
         return;
@@ -459,7 +473,11 @@ static void on_claim(enum rcache_result res, const char *value, size_t len, void
             c->deadline_ms = util_now_ms() + r->cfg->cache_max_wait_ms;
             c->poll_ms = POLL_FIRST_MS;
         }
-        arm_timer(c, c->poll_ms);
+        if (!arm_timer(c, c->poll_ms)) {
+            go_upstream(c, CRQ_LEADER);
+            request_resume(r);
+            break;
+        }
         c->poll_ms = c->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : c->poll_ms * 2;
         break;
     default:
@@ -496,8 +514,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     }
     c->wait_hold = false;
     if (!r->finished) {
-        struct answer *a = c->ans;
-        if (a && reply_answer(r, a, "coalesced") == 0) {
+        struct rcache_entry e;
+        if (c->ans) e = answer_entry(c->ans);
+        if (c->ans && reply_answer(r, &e, "coalesced") == 0) {
             atomic_fetch_add(&cachestage_metrics.coalesced, 1);
         } else {
             /* The leader failed or took too long: go upstream, and store what comes back. */
@@ -568,7 +587,6 @@ enum stage_rc cachestage_lookup(struct request *r)
     c->charge = route && route->cache_charge_tokens;
     c->provider = r->target.provider;
     c->upstream_model = r->target.upstream_model;
-    c->timer = evtimer_new(r->w->base, on_timer, c);
 
     /* The key: the body plus the headers this provider forwards upstream. */
     struct rcache_header hs[MAX_KEY_HEADERS];
@@ -595,26 +613,19 @@ enum stage_rc cachestage_lookup(struct request *r)
     const char *scope = route && route->cache_scope == CACHE_SCOPE_SHARED ? "~shared"
                         : tenant                                          ? tenant
                                                                           : "~static";
-    uint8_t tok[16];
-    if (!c->timer || rcache_key_build(&ki, NULL, c->key) != 0 ||
+    if (rcache_key_build(&ki, NULL, c->key) != 0 ||
         rcache_redis_key(cfg->redis_prefix, scope, c->key, c->rkey, sizeof c->rkey, c->lock,
-                         sizeof c->lock) < 0 ||
-        util_random_bytes(tok, sizeof tok) != 0) {
+                         sizeof c->lock) < 0) {
         bypass(r);
         return STAGE_NEXT;
     }
-    for (int i = 0; i < 16; i++)
-        snprintf(c->token + 2 * i, 3, "%02x", tok[i]);
 
     if (no_cache || max_age == 0) { /* skip the lookup, refresh the entry */
         go_upstream(c, CRQ_STORER);
         return STAGE_NEXT;
     }
     struct flight *f = cfg->cache_max_wait_ms ? flight_find(r->w->rcache, c) : NULL;
-    if (f) {
-        join_flight(c, f);
-        return STAGE_ASYNC;
-    }
+    if (f && join_flight(c, f)) return STAGE_ASYNC;
     c->st = CRQ_LOOKUP;
     request_hold(r);
     if (rcache_get(r->w->redis, c->rkey, on_get, c) != 0) {
@@ -734,7 +745,7 @@ void cachestage_request_end(struct request *r)
     case CRQ_WAITER:
         /* The client left while waiting: off the flight, no callback later. */
         if (c->flight) flight_unlink_waiter(c->flight, c);
-        evtimer_del(c->timer);
+        if (c->timer) evtimer_del(c->timer);
         if (c->wait_hold) {
             c->wait_hold = false;
             request_release(r); /* the pipeline's own reference keeps r alive here */
@@ -749,7 +760,7 @@ void cachestage_request_end(struct request *r)
         break;
     default: break;
     }
-    evtimer_del(c->timer);
+    if (c->timer) evtimer_del(c->timer);
     if (c->have_lock) {
         if (rcache_release(r->w->redis, c->lock, c->token) != 0) note_redis(cw, false);
         c->have_lock = false;

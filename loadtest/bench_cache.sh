@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Response-cache benchmark: in one run, on one machine, compare
+#   nginx-static  loadgen -> nginx serving the cached answer's exact bytes as a static file
+#   llmgate-hit   loadgen -> llmgate -> Redis GET (cache hit; the mock is never asked)
+#   llmgate-pass  loadgen -> llmgate -> mock (same request, Cache-Control: no-store)
+# for non-streaming and streaming chat completions (the streamed hit is SSE
+# synthesised from the stored answer; nginx serves those same SSE bytes), each
+# with a saturation run (closed loop) and a fixed-rate run at half of that
+# target's saturation throughput (open loop, latency from the scheduled send
+# time). Writes loadtest/results/cache.csv and cache.md.
+#
+# usage: loadtest/bench_cache.sh [BUILDDIR]      (default $BUILDDIR or ./build)
+# env:   BENCH_SECONDS (8) BENCH_WARMUP (2) BENCH_CONNECTIONS (32)
+#        BENCH_OPEN_CONNECTIONS (64) BENCH_PIN (1: loadgen on CPU 0, servers on
+#        CPU 1) BENCH_OUTDIR (loadtest/results) NGINX (nginx) REDIS (redis-server)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+BUILDDIR=${1:-${BUILDDIR:-./build}}
+BUILDDIR=$(cd "$BUILDDIR" && pwd)
+SECS=${BENCH_SECONDS:-8}
+WARMUP=${BENCH_WARMUP:-2}
+CONNS=${BENCH_CONNECTIONS:-32}
+OPEN_CONNS=${BENCH_OPEN_CONNECTIONS:-64}
+PIN=${BENCH_PIN:-1}
+OUTDIR=${BENCH_OUTDIR:-$here/results}
+NGINX=${NGINX:-nginx}
+REDIS=${REDIS:-redis-server}
+KEY=bench-key-not-secret-0123456789
+
+MOCK=$BUILDDIR/llmgate-mock
+LOADGEN=$BUILDDIR/llmgate-loadgen
+GW=$BUILDDIR/llmgate
+for b in "$MOCK" "$LOADGEN" "$GW"; do
+    [ -x "$b" ] || { echo "bench_cache: $b not found (build it first)" >&2; exit 2; }
+done
+for c in "$NGINX" "$REDIS" curl; do
+    command -v "$c" >/dev/null || { echo "bench_cache: $c not installed" >&2; exit 2; }
+done
+
+ncpu=$(nproc)
+pin_client=() pin_server=()
+if [ "$PIN" = 1 ] && [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null; then
+    pin_client=(taskset -c 0)
+    pin_server=(taskset -c 1)
+    pin_note="loadgen pinned to CPU 0; the server under test (with Redis and the mock for llmgate) on CPU 1 (taskset)"
+else
+    PIN=0
+    pin_note="no CPU pinning"
+fi
+
+tmp=$(mktemp -d /tmp/cache-bench.XXXXXX)
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "bench_cache: $*" >&2; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_up PID URL: until URL answers any HTTP status (10 s), or PID dies.
+wait_up() {
+    local pid=$1 url=$2
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        curl -s -o /dev/null --max-time 1 "$url" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+body_plain='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16,"temperature":0}'
+body_stream='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16,"temperature":0,"stream":true}'
+
+# ---- mock, Redis, llmgate -------------------------------------------------------
+"${pin_server[@]}" "$MOCK" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet \
+    2>"$tmp/mock.log" &
+pids+=($!)
+for _ in $(seq 50); do [ -s "$tmp/mock.port" ] && break; sleep 0.1; done
+[ -s "$tmp/mock.port" ] || { log "mock did not start"; exit 1; }
+MOCK_PORT=$(cat "$tmp/mock.port")
+
+REDIS_PORT=$(free_port)
+"${pin_server[@]}" "$REDIS" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --loglevel warning >"$tmp/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do
+    [ "$(printf 'PING\r\n' | timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT; cat >&3; head -c 7 <&3" 2>/dev/null)" = $'+PONG\r\n' ] && break
+    sleep 0.1
+done
+
+GW_PORT=$(free_port)
+hash=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+cat >"$tmp/llmgate.json" <<EOF
+{ "listen": {"address": "127.0.0.1", "port": $GW_PORT}, "workers": 1,
+  "log": {"level": "warn", "access_log": "off"},
+  "auth": {"api_keys_sha256": ["$hash"]},
+  "redis": {"port": $REDIS_PORT},
+  "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$MOCK_PORT/v1"}},
+  "models": {"mock-model": {"provider": "mock", "model": "mock-model"}} }
+EOF
+"${pin_server[@]}" "$GW" -c "$tmp/llmgate.json" 2>"$tmp/llmgate.log" &
+gw_pid=$!
+pids+=("$gw_pid")
+GW_URL="http://127.0.0.1:$GW_PORT"
+wait_up "$gw_pid" "$GW_URL/healthz" || { tail -20 "$tmp/llmgate.log" >&2; exit 1; }
+
+# post BODY OUT [HEADER...]: one request; prints the x-llmgate-cache header.
+post() {
+    local body=$1 out=$2
+    shift 2
+    local h=()
+    for x in "$@"; do h+=(-H "$x"); done
+    curl -s -o "$out" -D "$out.h" --max-time 5 -H "Authorization: Bearer $KEY" \
+        -H 'Content-Type: application/json' "${h[@]+"${h[@]}"}" -d "$body" \
+        "$GW_URL/v1/chat/completions"
+    tr -d '\r' <"$out.h" | sed -n 's/^x-llmgate-cache: //Ip'
+}
+
+state=$(post "$body_plain" "$tmp/miss.json")
+[ "$state" = miss ] || { log "first request was '$state', not a miss"; exit 1; }
+for _ in $(seq 50); do
+    state=$(post "$body_plain" "$tmp/plain.json")
+    [ "$state" = hit ] && break
+    sleep 0.1
+done
+[ "$state" = hit ] || { log "no cache hit: '$state'"; tail "$tmp/llmgate.log" >&2; exit 1; }
+cmp -s "$tmp/miss.json" "$tmp/plain.json" || { log "hit differs from the miss"; exit 1; }
+[ "$(post "$body_stream" "$tmp/stream.sse")" = hit ] || { log "streamed request missed"; exit 1; }
+[ "$(post "$body_plain" "$tmp/pass.json" 'Cache-Control: no-store')" = bypass ] ||
+    { log "no-store did not bypass"; exit 1; }
+plain_bytes=$(wc -c <"$tmp/plain.json")
+stream_bytes=$(wc -c <"$tmp/stream.sse")
+
+# ---- nginx serving the same bytes -------------------------------------------------
+NGINX_PORT=$(free_port)
+d=$tmp/nginx
+mkdir -p "$d/logs" "$d/www"
+cp "$tmp/plain.json" "$d/www/plain.json"
+cp "$tmp/stream.sse" "$d/www/stream.sse"
+user=
+[ "$(id -u)" = 0 ] && user="user root;"
+cat >"$d/nginx.conf" <<EOF
+$user
+worker_processes 1;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $d/body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+    keepalive_requests 100000000;
+    types { application/json json; text/event-stream sse; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        root $d/www;
+        # POST to a static file is 405 in nginx; answer it with the file instead.
+        error_page 405 =200 \$uri;
+    }
+}
+EOF
+"${pin_server[@]}" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" 2>"$d/logs/stderr" &
+nginx_pid=$!
+pids+=("$nginx_pid")
+NGINX_URL="http://127.0.0.1:$NGINX_PORT"
+wait_up "$nginx_pid" "$NGINX_URL/" || { cat "$d/logs/error.log" >&2; exit 1; }
+curl -s --max-time 5 -d "$body_plain" "$NGINX_URL/plain.json" | cmp -s - "$tmp/plain.json" ||
+    { log "nginx does not serve the cached bytes"; exit 1; }
+
+# ---- runs -----------------------------------------------------------------------
+csv=$tmp/cache.csv
+echo "target,stream,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us" >"$csv"
+
+run_one() { # target stream(0|1) run(saturation|fixed) rate
+    local t=$1 s=$2 r=$3 rate=$4 url body=$body_plain line extra=()
+    [ "$s" = 1 ] && body=$body_stream
+    case $t in
+    nginx-static) url="$NGINX_URL/$([ "$s" = 1 ] && echo stream.sse || echo plain.json)" ;;
+    llmgate-hit) url="$GW_URL/v1/chat/completions" ;;
+    llmgate-pass) url="$GW_URL/v1/chat/completions"; extra=(--header 'Cache-Control: no-store') ;;
+    esac
+    local args=(--url "$url" --body "$body" --header "Authorization: Bearer $KEY"
+        --header 'Content-Type: application/json' "${extra[@]+"${extra[@]}"}"
+        --duration "$SECS" --warmup "$WARMUP" --quiet
+        --label "$t-$([ "$s" = 1 ] && echo stream || echo plain)-$r")
+    if [ "$r" = saturation ]; then args+=(--rate 0 --connections "$CONNS")
+    else args+=(--rate "$rate" --connections "$OPEN_CONNS"); fi
+    line=$("${pin_client[@]}" "$LOADGEN" "${args[@]}")
+    echo "$t,$s,$r,$line" >>"$csv"
+    log "$t,$s,$r,$line"
+}
+
+mock_before=$(curl -s "http://127.0.0.1:$MOCK_PORT/mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["paths"]["/v1/chat/completions"])')
+for s in 0 1; do
+    for t in nginx-static llmgate-hit llmgate-pass; do
+        run_one "$t" "$s" saturation 0
+        sat=$(tail -1 "$csv" | cut -d, -f11)
+        half=$(python3 -c "print(max(100, int(float('$sat') / 2)))")
+        run_one "$t" "$s" fixed "$half"
+    done
+done
+mock_after=$(curl -s "http://127.0.0.1:$MOCK_PORT/mock/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["paths"]["/v1/chat/completions"])')
+hits=$(curl -s "$GW_URL/metrics" | sed -n 's/^llmgate_cache_hits_total //p')
+
+# ---- report -----------------------------------------------------------------------
+mkdir -p "$OUTDIR"
+cp "$csv" "$OUTDIR/cache.csv"
+cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' || true)
+cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_CONNECTIONS=$CONNS BENCH_OPEN_CONNECTIONS=$OPEN_CONNS BENCH_PIN=$PIN loadtest/bench_cache.sh $BUILDDIR"
+{
+    echo "# Response cache: hits vs nginx static vs pass-through"
+    echo
+    echo "Generated by \`loadtest/bench_cache.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC')."
+    echo
+    echo "- Machine: $ncpu CPUs, $cpu, $(uname -sr)"
+    echo "- Command: \`$cmd\`"
+    echo "- nginx-static: $("$NGINX" -v 2>&1 | sed 's/.*: //'), 1 worker process, serving the"
+    echo "  cached answer's exact bytes ($plain_bytes B JSON, $stream_bytes B SSE) as static files to the same POST."
+    echo "- llmgate-hit: llmgate (workers 1, access log off) answering from $("$REDIS" --version | cut -d' ' -f3)"
+    echo "  (per-worker async connection); llmgate-pass: the same request with"
+    echo "  \`Cache-Control: no-store\` proxied to llmgate-mock (1 thread, no latency, 16 tokens)."
+    echo "- Load: llmgate-loadgen, 1 thread; saturation = closed loop, $CONNS connections; fixed ="
+    echo "  open loop at half of that target's saturation throughput, $OPEN_CONNS connections,"
+    echo "  latency from the scheduled send time. ${SECS}s measured after ${WARMUP}s warmup. $pin_note."
+    echo "- Upstream requests during all llmgate-hit runs and the pass runs: $((mock_after - mock_before)) (pass-through only); cache hits counted by llmgate: $hits."
+    echo
+    echo "| target | stream | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F, 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+        $1, ($2 == 1 ? "yes" : "no"), $3 ($3 == "fixed" ? " @" $6 "/s" : ""), $11, $12, $13, $14,
+        $15, $16, $10 }' "$csv"
+    echo
+    awk -F, 'NR > 1 { k = $1 "," $2; if ($3 == "saturation") rps[k] = $11; else p99[k] = $14 }
+        END {
+            for (s = 0; s <= 1; s++) {
+                n = "nginx-static," s; h = "llmgate-hit," s; p = "llmgate-pass," s
+                printf "%s: cache hits at **%.2f x** nginx static throughput (goal >= 0.7), %.2f x the pass-through path; hit p99 at half saturation **%d µs** (goal < 1000).\n\n",
+                    (s ? "Streaming" : "Non-streaming"), (rps[n] > 0 ? rps[h] / rps[n] : 0),
+                    (rps[p] > 0 ? rps[h] / rps[p] : 0), p99[h]
+            }
+        }' "$csv"
+} >"$OUTDIR/cache.md"
+log "wrote $OUTDIR/cache.csv and $OUTDIR/cache.md"
