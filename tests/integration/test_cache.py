@@ -328,20 +328,22 @@ def test_waiters_go_upstream_when_the_leader_fails(gw, mock):
 # ------------------------------------------------------------------ faults
 
 def test_corrupt_entry_is_a_miss_and_deleted(gw, mock, redis_server):
+    k = make_key(gw, "cache-corrupt")["key"]  # its own scope: the only entry there
     m = msgs()
-    before = set(redis_server.cmd("KEYS", "llmgate:rc:{~static}:*"))
-    assert ask(gw, m).headers["x-llmgate-cache"] == "miss"
-    key = wait_until(lambda: set(redis_server.cmd("KEYS", "llmgate:rc:{~static}:*")) - before,
-                     "the entry stored").pop()
+    assert ask(gw, m, key=k).headers["x-llmgate-cache"] == "miss"
+    keys = wait_until(lambda: redis_server.cmd("KEYS", "llmgate:rc:{cache-corrupt}:*"),
+                      "the entry stored")
+    assert len(keys) == 1
+    key = keys[0]
     for garbage in (b"not an entry", b"LGRC\x01" + b"\x00" * 80, b"LGRC\x09" + b"\x00" * 80):
         redis_server.cmd("SET", key, garbage)
-        r = ask(gw, m)
+        r = ask(gw, m, key=k)
         assert r.status_code == 200 and r.headers["x-llmgate-cache"] == "miss"
         assert r.json()["choices"][0]["message"]["content"]
         # deleted, then stored again by the refreshing request
         wait_until(lambda: (redis_server.cmd("GET", key) or "").startswith("LGRC\x01\x00"),
                    "a valid entry again")
-    assert ask(gw, m).headers["x-llmgate-cache"] == "hit"
+    assert ask(gw, m, key=k).headers["x-llmgate-cache"] == "hit"
     text = httpx.get(gw.url + "/metrics", timeout=5).text
 
     def metric(name):
