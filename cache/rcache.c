@@ -28,9 +28,10 @@
 
 void rcache_buf_free(struct rcache_buf *b)
 {
-    free(b->p);
+    if (b->heap) free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
+    b->heap = false;
 }
 
 static void buf_add(struct rcache_buf *b, const void *p, size_t n)
@@ -40,13 +41,15 @@ static void buf_add(struct rcache_buf *b, const void *p, size_t n)
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n + 1)
             cap *= 2;
-        char *np = realloc(b->p, cap);
+        char *np = b->heap ? realloc(b->p, cap) : malloc(cap);
         if (!np) {
             b->oom = true;
             return;
         }
+        if (!b->heap && b->len) memcpy(np, b->p, b->len);
         b->p = np;
         b->cap = cap;
+        b->heap = true;
     }
     memcpy(b->p + b->len, p, n);
     b->len += n;
@@ -112,8 +115,17 @@ static void canon_number(struct rcache_buf *b, double d)
         buf_adds(b, d > 0 ? "inf" : "-inf");
         return;
     }
-    if (d == floor(d) && fabs(d) < 1e15) {
-        snprintf(s, sizeof s, "%.0f", d);
+    if (d == floor(d) && fabs(d) < 1e15) { /* exact in a long long: no printf */
+        long long v = (long long)d;
+        unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+        char *e = s + sizeof s, *q = e;
+        do {
+            *--q = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (v < 0) *--q = '-';
+        buf_add(b, q, (size_t)(e - q));
+        return;
     } else {
         for (int prec = 15; prec <= 17; prec++) {
             snprintf(s, sizeof s, "%.*g", prec, d);
@@ -196,7 +208,8 @@ int rcache_key_build(const struct rcache_key_input *in, struct rcache_buf *canon
                      uint8_t key[RCACHE_KEY_LEN])
 {
     if (!cJSON_IsObject(in->body)) return -1;
-    struct rcache_buf local = {0}, *b = canon ? canon : &local;
+    char stack[2048]; /* typical requests serialise without a malloc */
+    struct rcache_buf local = {.p = stack, .cap = sizeof stack}, *b = canon ? canon : &local;
     size_t start = b->len;
     int rc = -1;
     const struct rcache_header **hs = NULL;
@@ -246,13 +259,23 @@ int rcache_redis_key(const char *prefix, const char *scope, const uint8_t key[RC
         h[2 * i + 1] = hex[key[i] & 15];
     }
     h[2 * RCACHE_KEY_LEN] = '\0';
-    int n = snprintf(out, cap, "%src:{%s}:%s", prefix, scope, h);
-    if (n < 0 || (size_t)n >= cap) return -1;
+    size_t lp = strlen(prefix), ls = strlen(scope), n = lp + 4 + ls + 2 + sizeof h - 1;
+    if (n >= cap || (lock && n + 5 >= lock_cap)) return -1;
+    char *o = out;
+    memcpy(o, prefix, lp);
+    o += lp;
+    memcpy(o, "rc:{", 4);
+    o += 4;
+    memcpy(o, scope, ls);
+    o += ls;
+    memcpy(o, "}:", 2);
+    o += 2;
+    memcpy(o, h, sizeof h); /* with its NUL */
     if (lock) {
-        int m = snprintf(lock, lock_cap, "%s:lock", out);
-        if (m < 0 || (size_t)m >= lock_cap) return -1;
+        memcpy(lock, out, n);
+        memcpy(lock + n, ":lock", 6);
     }
-    return n;
+    return (int)n;
 }
 
 /* ---------------------------------------------------------------- entries */

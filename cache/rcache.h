@@ -23,11 +23,14 @@ struct redis;
 
 /* ---------------------------------------------------------------- keys */
 
-/* A growable byte buffer (the canonical serialisation). */
+/* A growable byte buffer (the canonical serialisation). Zero-initialise it;
+ * it may start on caller storage (p, cap set, heap false) and moves to the
+ * heap when that is full. */
 struct rcache_buf {
     char *p;
     size_t len, cap;
-    bool oom; /* an append failed: the contents are incomplete */
+    bool oom;  /* an append failed: the contents are incomplete */
+    bool heap; /* p was malloc'd (freed by rcache_buf_free) */
 };
 void rcache_buf_free(struct rcache_buf *b);
 

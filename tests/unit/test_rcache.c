@@ -243,6 +243,30 @@ static void test_key_rejects_non_object(void **state)
     cJSON_Delete(arr);
 }
 
+/* The key is the same whether the serialisation fits the stack buffer or not,
+ * and with or without a canon buffer. */
+static void test_key_large_body(void **state)
+{
+    (void)state;
+    size_t n = 10000;
+    char *body = malloc(n + 64);
+    int k = snprintf(body, n + 64, "{\"t\":-42,\"c\":\"");
+    memset(body + k, 'x', n);
+    strcpy(body + k + n, "\"}");
+    uint8_t a[RCACHE_KEY_LEN], b[RCACHE_KEY_LEN];
+    char *canon;
+    assert_int_equal(key_of(body, "e", "p", "m", NULL, 0, a, &canon), 0);
+    assert_non_null(strstr(canon, "\"t\":-42}"));
+    free(canon);
+    cJSON *doc = cJSON_Parse(body);
+    struct rcache_key_input in = {
+        .endpoint = "e", .provider = "p", .upstream_model = "m", .body = doc};
+    assert_int_equal(rcache_key_build(&in, NULL, b), 0);
+    assert_memory_equal(a, b, sizeof a);
+    cJSON_Delete(doc);
+    free(body);
+}
+
 static void test_redis_key(void **state)
 {
     (void)state;
@@ -561,6 +585,7 @@ int main(void)
         cmocka_unit_test(test_output_fields_change_key),
         cmocka_unit_test(test_irrelevant_fields_keep_key),
         cmocka_unit_test(test_key_rejects_non_object),
+        cmocka_unit_test(test_key_large_body),
         cmocka_unit_test(test_redis_key),
         cmocka_unit_test(test_entry_round_trip_and_corruption),
         cmocka_unit_test(test_answer_cacheable),
