@@ -644,6 +644,11 @@ static bool storing(const struct request *r)
     return r->rc && (r->rc->st == CRQ_LEADER || r->rc->st == CRQ_STORER);
 }
 
+bool cachestage_wants_chunks(const struct request *r)
+{
+    return storing(r);
+}
+
 void cachestage_observe_body(struct request *r, const cJSON *doc, const char *body, size_t len)
 {
     if (!storing(r) || r->oai.stream) return;

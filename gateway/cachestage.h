@@ -25,6 +25,8 @@ enum stage_rc cachestage_lookup(struct request *r);
 void cachestage_observe_body(struct request *r, const cJSON *doc, const char *body, size_t len);
 /* One OpenAI stream chunk as relayed (before the usage-only chunk may be dropped). */
 void cachestage_observe_chunk(struct request *r, const cJSON *chunk);
+/* Whether r is assembling a streamed answer to store (needs every parsed chunk). */
+bool cachestage_wants_chunks(const struct request *r);
 /* The stream ended with [DONE] and reached the client whole. */
 void cachestage_stream_complete(struct request *r);
 

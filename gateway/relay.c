@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "autoconf.h"
+#include "common/jsonv.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "gateway/cachestage.h"
@@ -108,6 +109,29 @@ static int flush_frames(struct request *r)
     return evbuffer_get_length(out) > OUT_HIGH_WATERMARK;
 }
 
+/* Whether a chunk's first choice carries non-empty text ("content" of a chat
+ * delta or "text" of a completion), as quota_usage_from_chunk counts it, without
+ * building a tree. The chunk was validated, so the scan cannot run off a string. */
+static bool chunk_has_text(const char *d, size_t n)
+{
+    static const char *const names[] = {"\"content\"", "\"text\""};
+    for (int k = 0; k < 2; k++) {
+        size_t nl = strlen(names[k]);
+        const char *p = memmem(d, n, names[k], nl);
+        if (!p) continue;
+        const char *end = d + n;
+        p += nl;
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+            p++;
+        if (p >= end || *p != ':') continue;
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+            p++;
+        if (p + 1 < end && p[0] == '"' && p[1] != '"') return true;
+    }
+    return false;
+}
+
 /* One OpenAI-shaped event (the upstream's, or an adapter's translation) toward the client. */
 static int relay_event(struct request *r, const struct sse_event *ev)
 {
@@ -116,19 +140,31 @@ static int relay_event(struct request *r, const struct sse_event *ev)
     if (sse_is_done(ev)) {
         r->saw_done = true;
     } else {
-        /* A chunk the client's SDK could not parse ends the stream as an error. */
-        cJSON *doc = cJSON_ParseWithLength(ev->data, ev->data_len);
-        bool ok = cJSON_IsObject(doc);
-        /* Metering: usage and content chunks; the usage-only chunk is dropped
-         * when only the gateway asked for it (gateway/quota.c). */
-        if (ok) cachestage_observe_chunk(r, doc); /* assembles a cacheable answer */
-        bool drop = ok && quota_usage_from_chunk(r, doc);
-        cJSON_Delete(doc);
-        if (!ok) {
-            r->error = "upstream_malformed";
-            return 1;
+        /* A chunk the client's SDK could not parse ends the stream as an error.
+         * Most chunks are plain content deltas: those are only validated (no
+         * allocation) and counted; the tree is built when the usage chunk comes
+         * or when the cache is assembling the answer. */
+        bool full = cachestage_wants_chunks(r) || memmem(ev->data, ev->data_len, "\"usage\"", 7);
+        if (!full) {
+            if (jsonv_check(ev->data, ev->data_len) != JSONV_OBJECT) {
+                r->error = "upstream_malformed";
+                return 1;
+            }
+            if (chunk_has_text(ev->data, ev->data_len)) r->usage.chunks++;
+        } else {
+            cJSON *doc = cJSON_ParseWithLength(ev->data, ev->data_len);
+            bool ok = cJSON_IsObject(doc);
+            /* Metering: usage and content chunks; the usage-only chunk is dropped
+             * when only the gateway asked for it (gateway/quota.c). */
+            if (ok) cachestage_observe_chunk(r, doc); /* assembles a cacheable answer */
+            bool drop = ok && quota_usage_from_chunk(r, doc);
+            cJSON_Delete(doc);
+            if (!ok) {
+                r->error = "upstream_malformed";
+                return 1;
+            }
+            if (drop) return 0;
         }
-        if (drop) return 0;
     }
     if (ev->event_len && !(ev->event_len == 7 && memcmp(ev->event, "message", 7) == 0)) {
         evbuffer_add(r->frame, "event: ", 7);
@@ -274,14 +310,22 @@ static void finish_buffered(struct request *r)
 {
     size_t len = evbuffer_get_length(r->body);
     const char *body = (const char *)evbuffer_pullup(r->body, -1);
-    cJSON *doc = len ? cJSON_ParseWithLength(body, len) : NULL;
-    bool is_error_shape = doc && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(doc, "error"));
-    bool ok_json = doc && cJSON_IsObject(doc);
-    if (ok_json && r->up_status == 200) {
-        quota_usage_from_body(r, doc);
-        cachestage_observe_body(r, doc, body, len);
+    /* The tree is built only when something reads it: metering of a tenant key,
+     * the cache storing the answer, or an error body to classify. */
+    bool need_tree = r->up_status != 200 || r->key || cachestage_wants_chunks(r);
+    bool is_error_shape = false, ok_json;
+    if (need_tree) {
+        cJSON *doc = len ? cJSON_ParseWithLength(body, len) : NULL;
+        is_error_shape = doc && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(doc, "error"));
+        ok_json = doc && cJSON_IsObject(doc);
+        if (ok_json && r->up_status == 200) {
+            quota_usage_from_body(r, doc);
+            cachestage_observe_body(r, doc, body, len);
+        }
+        cJSON_Delete(doc);
+    } else {
+        ok_json = jsonv_check(body, len) == JSONV_OBJECT;
     }
-    cJSON_Delete(doc);
 
     if (r->up_status == 200) {
         if (r->oai.stream) {
@@ -416,10 +460,9 @@ static int classify_outcome(struct request *r, enum upstream_result res)
     if (r->up_status != 200) return r->adapter->classify(r->up_status, body, len);
     if (r->oai.stream) return PF_SERVER_ERROR; /* answered a stream request without one */
     if (!translate_body(r)) return PF_SERVER_ERROR;
-    cJSON *doc = cJSON_ParseWithLength((const char *)evbuffer_pullup(r->body, -1),
-                                       evbuffer_get_length(r->body));
-    bool ok = cJSON_IsObject(doc);
-    cJSON_Delete(doc);
+    /* Validation only; finish_buffered builds the tree once, if it needs it. */
+    bool ok = jsonv_check((const char *)evbuffer_pullup(r->body, -1),
+                          evbuffer_get_length(r->body)) == JSONV_OBJECT;
     return ok ? -1 : PF_SERVER_ERROR;
 }
 
