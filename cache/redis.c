@@ -380,6 +380,15 @@ void redis_free(struct redis *r)
     free(r);
 }
 
+void redis_flush(struct redis *r)
+{
+    /* hiredis only queues commands and arms a write event, which costs a loop turn.
+     * Not from inside a hiredis callback: its read loop is running; the write event
+     * sends the command a moment later there. */
+    if (r->ctx && r->state == R_UP && !(r->ctx->c.flags & REDIS_IN_CALLBACK))
+        redisAsyncHandleWrite(r->ctx);
+}
+
 bool redis_connected(const struct redis *r)
 {
     return r->state == R_UP;

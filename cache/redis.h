@@ -43,6 +43,10 @@ bool redis_connected(const struct redis *r);
  * (the callback will run), -1 when Redis is down (the callback will not run). */
 int redis_command_argv(struct redis *r, redis_reply_cb cb, void *ud, int argc, const char **argv,
                        const size_t *argvlen);
+/* Writes queued commands to the socket now instead of on the next loop turn: for
+ * commands on a request's critical path (key lookup, quota reserve, cache lookup).
+ * Leave background work (settle, usage) to the loop so it never delays a reply. */
+void redis_flush(struct redis *r);
 /* Computes the script's SHA-1. */
 void redis_script_init(struct redis_script *s);
 /* Runs a script: EVALSHA, then EVAL once if Redis answers NOSCRIPT. keys and args

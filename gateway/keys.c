@@ -486,6 +486,7 @@ enum stage_rc keys_authenticate(struct request *r)
         request_release(r);
         return e ? decide(r, e->rec) : redis_unavailable(r);
     }
+    redis_flush(r->w->redis); /* on the critical path: send now, not next loop turn */
     return STAGE_ASYNC;
 }
 

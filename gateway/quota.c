@@ -476,6 +476,7 @@ enum stage_rc quota_reserve(struct request *r)
         request_release(r);
         return redis_down(r, sc, ns);
     }
+    redis_flush(r->w->redis); /* on the critical path: send now, not next loop turn */
     return STAGE_ASYNC;
 }
 
@@ -581,11 +582,10 @@ void quota_settle(struct request *r)
 
     const char *model = r->oai.model ? r->oai.model : "";
     const struct model_conf *mc = r->oai.model ? config_find_model(cfg, r->oai.model) : NULL;
-    long long cost =
-        mc && !r->usage.from_cache
-            ? ((long long)prompt * mc->price_prompt + (long long)completion * mc->price_completion) /
-                 1000
-           : 0;
+    long long cost = mc && !r->usage.from_cache ? ((long long)prompt * mc->price_prompt +
+                                                   (long long)completion * mc->price_completion) /
+                                                      1000
+                                                : 0;
     uint64_t ts = util_wall_ms();
     char day[9];
     usage_day_string(usage_day_of_ms(ts), day);
