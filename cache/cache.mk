@@ -4,7 +4,8 @@ noinst_LIBRARIES += libllmgate_cache.a
 libllmgate_cache_a_SOURCES = \
 	cache/redis.c cache/redis.h \
 	cache/pubsub.c cache/pubsub.h \
-	cache/rcache.c cache/rcache.h
+	cache/rcache.c cache/rcache.h \
+	cache/rcache_l1.c cache/rcache_l1.h
 libllmgate_cache_a_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(HIREDIS_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
 CACHE_LIBS = libllmgate_cache.a $(HIREDIS_LIBS)
 

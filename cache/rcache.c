@@ -835,6 +835,13 @@ static int render_choice(struct evbuffer *out, const struct sse_head *h, const c
 int rcache_render_sse(const char *body, size_t len, enum rcache_kind kind, bool include_usage,
                       size_t piece_bytes, struct evbuffer *out)
 {
+    return rcache_render_sse_parts(body, len, kind, include_usage, piece_bytes, out, NULL, NULL);
+}
+
+int rcache_render_sse_parts(const char *body, size_t len, enum rcache_kind kind, bool include_usage,
+                            size_t piece_bytes, struct evbuffer *out, size_t *usage_off,
+                            size_t *done_off)
+{
     cJSON *doc = cJSON_ParseWithLength(body, len);
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(doc, "choices");
     const cJSON *created = cJSON_GetObjectItemCaseSensitive(doc, "created");
@@ -860,6 +867,7 @@ int rcache_render_sse(const char *body, size_t len, enum rcache_kind kind, bool 
                           piece_bytes) != 0)
             goto out;
     }
+    if (usage_off) *usage_off = evbuffer_get_length(tmp);
     if (include_usage && cJSON_IsObject(usage)) {
         char *u = cJSON_PrintUnformatted(usage);
         if (!u) goto out;
@@ -869,6 +877,7 @@ int rcache_render_sse(const char *body, size_t len, enum rcache_kind kind, bool 
         ADD_LIT(tmp, "}\n\n");
         free(u);
     }
+    if (done_off) *done_off = evbuffer_get_length(tmp);
     ADD_LIT(tmp, "data: [DONE]\n\n");
     evbuffer_add_buffer(out, tmp);
     rc = 0;

@@ -122,6 +122,13 @@ char *rcache_asm_finish(struct rcache_asm *a, size_t *len, long *prompt_tokens,
 int rcache_render_sse(const char *body, size_t len, enum rcache_kind kind, bool include_usage,
                       size_t piece_bytes, struct evbuffer *out);
 
+/* rcache_render_sse, also giving where the usage chunk and [DONE] start,
+ * counted from the first byte this call appended (usage_off == done_off when
+ * no usage chunk was written); either pointer may be NULL. */
+int rcache_render_sse_parts(const char *body, size_t len, enum rcache_kind kind, bool include_usage,
+                            size_t piece_bytes, struct evbuffer *out, size_t *usage_off,
+                            size_t *done_off);
+
 /* ---------------------------------------------------------------- Redis */
 
 /* What a lookup found. */

@@ -2,18 +2,34 @@
 #include "common/hash.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <pthread.h>
+
+/* OpenSSL 3's one-shot SHA256() looks the algorithm up in the provider tables
+ * on every call (a lock and a hash lookup, as much as the digest of a short
+ * key); fetch it once per process instead. The fetched method is immutable and
+ * may be shared by threads. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
 
 void hash_sha256(const void *data, size_t len, uint8_t out[SHA256_LEN])
 {
-    SHA256(data, len, out);
+    pthread_once(&sha256_once, sha256_fetch);
+    if (!sha256_md || !EVP_Digest(data, len, out, NULL, sha256_md, NULL))
+        SHA256(data, len, out); /* the slow path still answers */
 }
 
 void hash_sha256_hex(const void *data, size_t len, char out[SHA256_HEX_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
     uint8_t d[SHA256_LEN];
-    SHA256(data, len, d);
+    hash_sha256(data, len, d);
     for (int i = 0; i < SHA256_LEN; i++) {
         out[2 * i] = hex[d[i] >> 4];
         out[2 * i + 1] = hex[d[i] & 15];

@@ -21,6 +21,7 @@
 #include <sys/queue.h>
 
 #include "cache/rcache.h"
+#include "cache/rcache_l1.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "gateway/relay.h"
@@ -73,6 +74,7 @@ struct cachestage_req {
     enum crq_state st;
     uint8_t key[RCACHE_KEY_LEN];
     char rkey[RKEY_MAX], lock[RKEY_MAX + 8], token[32];
+    size_t rkey_len;
     unsigned ttl_s;
     long long max_age_ms; /* Cache-Control max-age, -1 when absent */
     bool charge;          /* hits count against token quotas */
@@ -104,7 +106,9 @@ struct flight {
 
 struct cachestage_worker {
     struct worker *w;
-    bool redis_down; /* this worker saw Redis fail last */
+    bool redis_down;      /* this worker saw Redis fail last */
+    struct rcache_l1 *l1; /* hot entries in front of Redis (cache.l1_bytes) */
+    size_t l1_max;        /* its budget, followed on config reloads */
     struct flight *buckets[FLIGHT_BUCKETS];
 };
 
@@ -237,48 +241,131 @@ static void flight_finish(struct cachestage_worker *cw, struct flight *f, struct
 
 /* ---------------------------------------------------------------- replies */
 
-/* Answers r from a stored or coalesced answer (e's body is copied); -1 (nothing
- * sent) when the answer cannot be replayed. */
-static int reply_answer(struct request *r, const struct rcache_entry *e, const char *status)
+/* Decimal digits of v into buf (at least 21 bytes); returns the start. */
+static const char *fmt_u64(char *buf, size_t cap, uint64_t v)
 {
-    struct evbuffer *b = evbuffer_new();
-    if (!b) return -1;
+    char *p = buf + cap;
+    *--p = '\0';
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return p;
+}
+
+/* What a replay sends: the stored answer and, for a streaming client, its SSE
+ * form in up to two pieces (the L1 keeps it pre-rendered). */
+struct replay {
+    const struct rcache_entry *e;
+    const char *p1, *p2;
+    size_t n1, n2;
+};
+
+/* Answers r with rp (the bytes are copied into the reply once). The request's
+ * cache state, when it has one, becomes SERVED; r is ended (and may be freed). */
+static void reply_replay(struct request *r, const struct replay *rp, const char *status,
+                         bool charge)
+{
+    const struct rcache_entry *e = rp->e;
+    struct evbuffer *b = evhttp_request_get_output_buffer(r->req);
     if (r->oai.stream) {
-        if (rcache_render_sse(e->body, e->body_len, e->kind, r->oai.include_usage, SSE_PIECE_BYTES,
-                              b) != 0) {
-            evbuffer_free(b);
-            return -1;
-        }
+        evbuffer_add(b, rp->p1, rp->n1);
+        if (rp->n2) evbuffer_add(b, rp->p2, rp->n2);
     } else {
         evbuffer_add(b, e->body, e->body_len);
     }
-    struct cachestage_req *c = r->rc;
-    server_common_headers(r->req, r->id, r->w->draining);
-    if (r->oai.stream) {
-        set_header(r, "Content-Type", "text/event-stream; charset=utf-8");
-        set_header(r, "Cache-Control", "no-cache");
-    }
-    set_header(r, "x-llmgate-cache", status);
-    char age[32];
+    /* Headers added, not replaced: nothing set them before a cache answer. */
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    evhttp_add_header(h, "Content-Type",
+                      r->oai.stream ? "text/event-stream; charset=utf-8" : "application/json");
+    evhttp_add_header(h, "x-request-id", r->id);
+    if (r->w->draining) evhttp_add_header(h, "Connection", "close");
+    if (r->oai.stream) evhttp_add_header(h, "Cache-Control", "no-cache");
+    evhttp_add_header(h, "x-llmgate-cache", status);
+    char age[24];
     uint64_t now = util_wall_ms();
-    snprintf(age, sizeof age, "%llu",
-             (unsigned long long)(now > e->created_ms ? (now - e->created_ms) / 1000 : 0));
-    set_header(r, "Age", age);
+    evhttp_add_header(
+        h, "Age", fmt_u64(age, sizeof age, now > e->created_ms ? (now - e->created_ms) / 1000 : 0));
     /* Metering: the answer's tokens, all of them cached; no upstream cost. */
     r->usage.reported = true;
     r->usage.prompt = e->prompt_tokens;
     r->usage.completion = e->completion_tokens;
     r->usage.cached = e->prompt_tokens + e->completion_tokens;
     r->usage.from_cache = true;
-    r->usage.charge_cached = c->charge;
+    r->usage.charge_cached = charge;
     r->status = 200;
     r->bytes_out = evbuffer_get_length(b);
     atomic_fetch_add(&cachestage_metrics.hit_bytes, r->bytes_out);
-    c->st = CRQ_SERVED;
-    evhttp_send_reply(r->req, 200, "OK", b);
-    evbuffer_free(b);
+    if (r->rc) r->rc->st = CRQ_SERVED;
+    evhttp_send_reply(r->req, 200, "OK", NULL);
     request_end(r);
+}
+
+/* Answers r from a stored or coalesced answer (rendered here when streamed);
+ * -1 (nothing sent) when the answer cannot be replayed. */
+static int reply_answer(struct request *r, const struct rcache_entry *e, const char *status,
+                        bool charge)
+{
+    struct replay rp = {.e = e};
+    struct evbuffer *sse = NULL;
+    if (r->oai.stream) {
+        if (!(sse = evbuffer_new()) ||
+            rcache_render_sse(e->body, e->body_len, e->kind, r->oai.include_usage, SSE_PIECE_BYTES,
+                              sse) != 0) {
+            if (sse) evbuffer_free(sse);
+            return -1;
+        }
+        rp.n1 = evbuffer_get_length(sse);
+        rp.p1 = (const char *)evbuffer_pullup(sse, -1);
+    }
+    reply_replay(r, &rp, status, charge);
+    if (sse) evbuffer_free(sse);
     return 0;
+}
+
+/* Renders le's SSE replay into the L1 entry (once per entry); false when the
+ * body does not render. */
+static bool l1_render_sse(struct rcache_l1 *l1, const struct rcache_l1_entry *le)
+{
+    struct evbuffer *b = evbuffer_new();
+    size_t usage_off, done_off;
+    if (!b || rcache_render_sse_parts(le->e.body, le->e.body_len, le->e.kind, true, SSE_PIECE_BYTES,
+                                      b, &usage_off, &done_off) != 0) {
+        if (b) evbuffer_free(b);
+        return false;
+    }
+    size_t len = evbuffer_get_length(b);
+    char *sse = malloc(len ? len : 1);
+    if (sse && evbuffer_remove(b, sse, len) == (int)len)
+        rcache_l1_set_sse(l1, le, sse, len, usage_off, done_off); /* takes sse either way */
+    else
+        free(sse);
+    evbuffer_free(b);
+    return true;
+}
+
+/* Answers r from its worker's L1 entry; false (nothing sent) when it cannot be
+ * replayed. */
+static bool reply_l1(struct request *r, struct rcache_l1 *l1, const struct rcache_l1_entry *le,
+                     const char *status, bool charge)
+{
+    struct replay rp = {.e = &le->e};
+    if (r->oai.stream) {
+        if (!le->sse && !l1_render_sse(l1, le)) return false;
+        if (!le->sse) { /* over the budget: render for this reply only */
+            return reply_answer(r, &le->e, status, charge) == 0;
+        }
+        rp.p1 = le->sse;
+        if (r->oai.include_usage) {
+            rp.n1 = le->sse_len;
+        } else {
+            rp.n1 = le->sse_usage_off;
+            rp.p2 = le->sse + le->sse_done_off;
+            rp.n2 = le->sse_len - le->sse_done_off;
+        }
+    }
+    reply_replay(r, &rp, status, charge);
+    return true;
 }
 
 /* ---------------------------------------------------------------- going upstream */
@@ -322,6 +409,44 @@ static void on_get(enum rcache_result res, const char *value, size_t len, void *
 static void on_claim(enum rcache_result res, const char *value, size_t len, void *ud);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
+/* The worker's L1 when the snapshot turns it on (its budget follows reloads). */
+static struct rcache_l1 *l1_of(const struct request *r)
+{
+    struct cachestage_worker *cw = r->w->rcache;
+    const struct config *cfg = r->cfg;
+    if (!cw || !cw->l1) return NULL;
+    size_t max = cfg->cache_l1_ttl_ms ? cfg->cache_l1_bytes : 0;
+    if (max != cw->l1_max) {
+        rcache_l1_set_max_bytes(cw->l1, max);
+        cw->l1_max = max;
+    }
+    return max ? cw->l1 : NULL;
+}
+
+/* Keeps e in the L1 for cache.l1_ttl_ms, never beyond its own expiry (created +
+ * the route's TTL); the entry as stored, or NULL. */
+static const struct rcache_l1_entry *l1_fill(struct cachestage_req *c, struct rcache_l1 *l1,
+                                             const struct rcache_entry *e)
+{
+    uint64_t wall = util_wall_ms(), ttl_ms = (uint64_t)c->ttl_s * 1000, life;
+    uint64_t age = wall > e->created_ms ? wall - e->created_ms : 0;
+    if (age >= ttl_ms) return NULL;
+    life = ttl_ms - age;
+    if (life > c->r->cfg->cache_l1_ttl_ms) life = c->r->cfg->cache_l1_ttl_ms;
+    uint64_t now = util_now_ms();
+    if (rcache_l1_put(l1, c->rkey, c->rkey_len, e, now + life) != 0) return NULL;
+    return rcache_l1_get(l1, c->rkey, c->rkey_len, now);
+}
+
+/* Drops c's entry from Redis (corrupt, unreplayable) and from the L1. */
+static void drop_entry(struct cachestage_req *c)
+{
+    struct request *r = c->r;
+    struct rcache_l1 *l1 = l1_of(r);
+    if (l1) rcache_l1_evict(l1, c->rkey, c->rkey_len);
+    if (rcache_delete(r->w->redis, c->rkey) != 0) note_redis(r->w->rcache, false);
+}
+
 /* A stored value for c: 1 when r was answered, 0 when it is no answer for r
  * (corrupt: deleted; too old for the client's max-age: *stale set). */
 static int serve_value(struct cachestage_req *c, const char *value, size_t len, const char *status,
@@ -332,7 +457,7 @@ static int serve_value(struct cachestage_req *c, const char *value, size_t len, 
     if (rcache_entry_decode(value, len, c->key, &e) != 0 || e.kind != kind_of(r)) {
         atomic_fetch_add(&cachestage_metrics.corrupt, 1);
         log_warn("rcache", "%s: corrupt cache entry %s deleted", r->id, c->rkey);
-        if (rcache_delete(r->w->redis, c->rkey) != 0) note_redis(r->w->rcache, false);
+        drop_entry(c);
         return 0;
     }
     uint64_t now = util_wall_ms();
@@ -344,12 +469,15 @@ static int serve_value(struct cachestage_req *c, const char *value, size_t len, 
     if (c->flight && !(c->ans = answer_new(e.kind, e.body, e.body_len, e.prompt_tokens,
                                            e.completion_tokens, e.created_ms)))
         return 0;
-    if (reply_answer(r, &e, status) != 0) {
+    struct rcache_l1 *l1 = l1_of(r);
+    const struct rcache_l1_entry *le = l1 ? l1_fill(c, l1, &e) : NULL;
+    if (le ? !reply_l1(r, l1, le, status, c->charge)
+           : reply_answer(r, &e, status, c->charge) != 0) {
         answer_unref(c->ans);
         c->ans = NULL;
         atomic_fetch_add(&cachestage_metrics.corrupt, 1);
         log_warn("rcache", "%s: cache entry %s does not replay; deleted", r->id, c->rkey);
-        if (rcache_delete(r->w->redis, c->rkey) != 0) note_redis(r->w->rcache, false);
+        drop_entry(c);
         return 0;
     }
     atomic_fetch_add(
@@ -516,7 +644,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (!r->finished) {
         struct rcache_entry e;
         if (c->ans) e = answer_entry(c->ans);
-        if (c->ans && reply_answer(r, &e, "coalesced") == 0) {
+        if (c->ans && reply_answer(r, &e, "coalesced", c->charge) == 0) {
             atomic_fetch_add(&cachestage_metrics.coalesced, 1);
         } else {
             /* The leader failed or took too long: go upstream, and store what comes back. */
@@ -575,35 +703,23 @@ enum stage_rc cachestage_lookup(struct request *r)
         bypass(r);
         return STAGE_NEXT;
     }
-    struct cachestage_req *c = calloc(1, sizeof *c);
-    if (!c) {
-        bypass(r);
-        return STAGE_NEXT;
-    }
-    r->rc = c;
-    c->r = r;
-    c->max_age_ms = max_age >= 0 ? max_age * 1000 : -1;
-    c->ttl_s = route && route->cache_ttl_s ? route->cache_ttl_s : cfg->cache_default_ttl_s;
-    c->charge = route && route->cache_charge_tokens;
-    c->provider = r->target.provider;
-    c->upstream_model = r->target.upstream_model;
-
     /* The key: the body plus the headers this provider forwards upstream. */
+    const struct provider_conf *provider = r->target.provider;
     struct rcache_header hs[MAX_KEY_HEADERS];
     size_t nh = 0;
-    if (c->provider->forward_headers) {
+    if (provider->forward_headers) {
         struct evkeyval *kv;
         TAILQ_FOREACH(kv, in, next)
         {
             if (nh == MAX_KEY_HEADERS) break;
-            if (relay_forwards_header(c->provider, kv->key))
+            if (relay_forwards_header(provider, kv->key))
                 hs[nh++] = (struct rcache_header){kv->key, kv->value};
         }
     }
     struct rcache_key_input ki = {
         .endpoint = r->kind == REQ_CHAT ? "chat.completions" : "completions",
-        .provider = c->provider->name,
-        .upstream_model = c->upstream_model,
+        .provider = provider->name,
+        .upstream_model = r->target.upstream_model,
         .body = r->oai.root,
         .headers = hs,
         .n_headers = nh,
@@ -613,14 +729,58 @@ enum stage_rc cachestage_lookup(struct request *r)
     const char *scope = route && route->cache_scope == CACHE_SCOPE_SHARED ? "~shared"
                         : tenant                                          ? tenant
                                                                           : "~static";
-    if (rcache_key_build(&ki, NULL, c->key) != 0 ||
-        rcache_redis_key(cfg->redis_prefix, scope, c->key, c->rkey, sizeof c->rkey, c->lock,
-                         sizeof c->lock) < 0) {
+    uint8_t key[RCACHE_KEY_LEN];
+    char rkey[RKEY_MAX];
+    int rklen;
+    if (rcache_key_build(&ki, NULL, key) != 0 ||
+        (rklen = rcache_redis_key(cfg->redis_prefix, scope, key, rkey, sizeof rkey, NULL, 0)) < 0) {
         bypass(r);
         return STAGE_NEXT;
     }
+    bool charge = route && route->cache_charge_tokens;
+    bool refresh = no_cache || max_age == 0;
+    struct rcache_l1 *l1 = l1_of(r);
+    if (l1 && refresh) {
+        rcache_l1_evict(l1, rkey, (size_t)rklen); /* the refreshed answer replaces it */
+    } else if (l1) {
+        /* A hot entry answers at once: no Redis round trip, no allocation, no
+         * close watch (the request never waits). */
+        const struct rcache_l1_entry *le = rcache_l1_get(l1, rkey, (size_t)rklen, util_now_ms());
+        if (le && le->e.kind != kind_of(r)) le = NULL;
+        if (le && max_age > 0) {
+            uint64_t now = util_wall_ms();
+            if (now > le->e.created_ms && now - le->e.created_ms > (uint64_t)max_age * 1000)
+                le = NULL; /* too old for this client: Redis may hold a newer one */
+        }
+        if (le) {
+            if (reply_l1(r, l1, le, "hit", charge)) {
+                atomic_fetch_add(&cachestage_metrics.hits, 1);
+                atomic_fetch_add(&cachestage_metrics.l1_hits, 1);
+                return STAGE_DONE; /* r is ended and may be freed */
+            }
+            rcache_l1_evict(l1, rkey, (size_t)rklen);
+        }
+    }
 
-    if (no_cache || max_age == 0) { /* skip the lookup, refresh the entry */
+    struct cachestage_req *c = calloc(1, sizeof *c);
+    if (!c) {
+        bypass(r);
+        return STAGE_NEXT;
+    }
+    r->rc = c;
+    c->r = r;
+    c->max_age_ms = max_age >= 0 ? max_age * 1000 : -1;
+    c->ttl_s = route && route->cache_ttl_s ? route->cache_ttl_s : cfg->cache_default_ttl_s;
+    c->charge = charge;
+    c->provider = provider;
+    c->upstream_model = r->target.upstream_model;
+    memcpy(c->key, key, sizeof key);
+    memcpy(c->rkey, rkey, (size_t)rklen + 1);
+    c->rkey_len = (size_t)rklen;
+    memcpy(c->lock, rkey, (size_t)rklen);
+    memcpy(c->lock + rklen, ":lock", 6);
+
+    if (refresh) { /* skip the lookup, refresh the entry */
         go_upstream(c, CRQ_STORER);
         return STAGE_NEXT;
     }
@@ -726,6 +886,8 @@ static void store(struct request *r, const struct answer *a)
                              .body = a->body,
                              .body_len = a->len};
     size_t len;
+    struct rcache_l1 *l1 = l1_of(r);
+    if (l1) l1_fill(c, l1, &e); /* this worker's next identical request needs no Redis */
     char *enc = rcache_entry_encode(&e, c->key, &len);
     if (!enc) return;
     if (rcache_store(r->w->redis, c->rkey, c->have_lock ? c->lock : NULL, c->token, enc, len,
@@ -791,7 +953,13 @@ void cachestage_request_free(struct request *r)
 struct cachestage_worker *cachestage_worker_new(struct worker *w)
 {
     struct cachestage_worker *cw = calloc(1, sizeof *cw);
-    if (cw) cw->w = w;
+    if (!cw) return NULL;
+    cw->w = w;
+    /* Empty until a snapshot gives it a budget (l1_of). */
+    if (!(cw->l1 = rcache_l1_new(0))) {
+        free(cw);
+        return NULL;
+    }
     return cw;
 }
 
@@ -803,6 +971,7 @@ void cachestage_worker_free(struct cachestage_worker *cw)
     for (unsigned i = 0; i < FLIGHT_BUCKETS; i++)
         if (cw->buckets[i]) log_warn("rcache", "flight left at worker exit");
     if (cw->redis_down) atomic_fetch_sub(&workers_down, 1);
+    rcache_l1_free(cw->l1);
     free(cw);
 }
 
@@ -820,6 +989,8 @@ void cachestage_metrics_write(struct evbuffer *out)
     struct cachestage_metrics *m = &cachestage_metrics;
     counter(out, "llmgate_cache_hits_total", "Requests answered from the response cache.",
             &m->hits);
+    counter(out, "llmgate_cache_l1_hits_total",
+            "Hits answered from the worker's in-process cache without asking Redis.", &m->l1_hits);
     counter(out, "llmgate_cache_misses_total", "Cacheable requests that went upstream.",
             &m->misses);
     counter(out, "llmgate_cache_bypasses_total",

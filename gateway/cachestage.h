@@ -43,8 +43,8 @@ void cachestage_worker_free(struct cachestage_worker *cw);
 
 /* Process-wide counters (atomic). */
 struct cachestage_metrics {
-    _Atomic unsigned long long hits, misses, bypasses, coalesced, stores, store_failures, corrupt,
-        too_large, hit_bytes, stored_bytes, lock_waits, wait_timeouts;
+    _Atomic unsigned long long hits, l1_hits, misses, bypasses, coalesced, stores, store_failures,
+        corrupt, too_large, hit_bytes, stored_bytes, lock_waits, wait_timeouts;
 };
 extern struct cachestage_metrics cachestage_metrics;
 /* Appends the counters in Prometheus text format. */

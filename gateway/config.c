@@ -255,6 +255,12 @@ static const struct option config_options[] = {
     ROW_MS("cache.max_wait_ms", C(cache_max_wait_ms), 10000, 0, 600000,
            "identical cacheable requests wait at most this long for the one in flight before "
            "going upstream themselves (0 = no single flight)"),
+    ROW_SIZE("cache.l1_bytes", C(cache_l1_bytes), 33554432, 0, 17179869184ull,
+             "per-worker in-process cache of hot answers in front of Redis, in bytes (0 = off)"),
+    ROW_MS("cache.l1_ttl_ms", C(cache_l1_ttl_ms), 1000, 0, 60000,
+           "a worker serves an answer from its in-process cache for at most this long after "
+           "reading or storing it (never beyond the entry's TTL); the staleness another replica's "
+           "refresh can see (0 = in-process cache off)"),
     ROW_STRING("policy.dir", C(policy_dir), NULL, 1, 4096, NULL, 0,
                "directory of routing policy files (`*.json`, see policies/README.md); unset: "
                "only the `models` section routes"),

@@ -98,6 +98,8 @@ struct config {
     unsigned cache_default_ttl_s;   /* entry lifetime when the route sets none */
     size_t cache_max_entry_bytes;   /* larger answers are not stored */
     unsigned cache_max_wait_ms;     /* single flight: bound on waiting for an identical request */
+    size_t cache_l1_bytes;          /* per-worker in-process cache of hot entries (0 = off) */
+    unsigned cache_l1_ttl_ms;       /* how long a worker serves an entry without asking Redis */
 
     char *policy_dir;   /* routing policy directory, or NULL (the models section only) */
     bool policy_watch;  /* reload when a policy file changes (inotify) */

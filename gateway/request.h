@@ -136,6 +136,8 @@ struct request {
 void request_start(struct worker *w, struct conn *c, struct evhttp_request *req,
                    enum request_kind kind, const char *request_id, const char *method,
                    const char *path, uint64_t t0_us);
+/* Frees the requests a worker keeps for reuse (at worker exit). */
+void request_spares_free(struct worker *w);
 /* Continues the pipeline after a stage that returned STAGE_ASYNC. */
 void request_resume(struct request *r);
 /* Answers with an OpenAI-shaped error (nothing may have been sent yet) and ends

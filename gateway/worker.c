@@ -15,6 +15,7 @@
 #include "gateway/health.h"
 #include "gateway/keys.h"
 #include "gateway/quota.h"
+#include "gateway/request.h"
 #include "gateway/server.h"
 #include "routing/upstream.h"
 
@@ -193,6 +194,7 @@ void worker_join(struct worker *w)
     keycache_free(w->keycache);
     quota_worker_free(w->quota);
     cachestage_worker_free(w->rcache);
+    request_spares_free(w);
     if (w->drain_timer) event_free(w->drain_timer);
     if (w->wake) event_free(w->wake);
     if (w->base) event_base_free(w->base);

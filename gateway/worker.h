@@ -16,6 +16,7 @@ struct gateway;
 struct keycache;
 struct quota_worker;
 struct cachestage_worker;
+struct request;
 
 struct worker {
     unsigned index;
@@ -42,6 +43,8 @@ struct worker {
     bool draining;
     struct event *drain_timer;
     unsigned active;     /* requests being processed */
+    struct request *spare_reqs; /* freed requests kept for reuse (gateway/request.c) */
+    unsigned n_spare_reqs;
     unsigned n_conns;    /* client connections that sent a request */
     struct conn **conns; /* by socket fd */
     size_t conns_cap;

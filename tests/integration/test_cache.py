@@ -5,6 +5,10 @@ hit, streamed or not; tenants never share entries unless a route says so;
 errors, broken streams and non-deterministic requests are never cached; 50
 concurrent identical requests reach the mock once; a corrupt entry is a miss;
 Redis killed mid-run means bypass (one log line) and the cache comes back.
+The per-worker L1 (cache.l1_bytes) answers repeated hits without Redis: a
+no-cache refresh replaces its answer, its hits are metered like Redis hits, and
+its pre-rendered SSE equals the Redis path's; tests of the Redis path itself run
+on a gateway with the L1 off.
 Every request uses its own prompt, so tests do not see each other's entries.
 Conditions are polled with deadlines, never slept on.
 """
@@ -53,6 +57,30 @@ def gw(tmp_mod, mock, redis_server):
     g = Gateway(tmp_mod, mock.url, extra_conf=cache_conf(redis_server, tmp_mod, "gwc"), name="gwc")
     yield g
     assert g.proc.stop() == 0, g.proc.output()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def gw_redis_only(tmp_mod, mock, redis_server):
+    """The same cache without the L1: every lookup reads Redis."""
+    g = Gateway(tmp_mod, mock.url, name="gwc-nol1",
+                extra_conf=cache_conf(redis_server, tmp_mod, "gwc-nol1", l1_bytes=0))
+    yield g
+    assert g.proc.stop() == 0, g.proc.output()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def gw1(tmp_mod, mock, redis_server):
+    """One worker (every request meets the same L1) that keeps entries for a minute."""
+    g = Gateway(tmp_mod, mock.url, workers=1, name="gwc-l1",
+                extra_conf=cache_conf(redis_server, tmp_mod, "gwc-l1", l1_ttl_ms=60000))
+    yield g
+    assert g.proc.stop() == 0, g.proc.output()[-4000:]
+
+
+def metrics(gw):
+    text = httpx.get(gw.url + "/metrics", timeout=5).text
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(llmgate_cache_\w+) (\d+)$", text, re.M)}
 
 
 def msgs():
@@ -327,7 +355,8 @@ def test_waiters_go_upstream_when_the_leader_fails(gw, mock):
 
 # ------------------------------------------------------------------ faults
 
-def test_corrupt_entry_is_a_miss_and_deleted(gw, mock, redis_server):
+def test_corrupt_entry_is_a_miss_and_deleted(gw_redis_only, mock, redis_server):
+    gw = gw_redis_only
     k = make_key(gw, "cache-corrupt")["key"]  # its own scope: the only entry there
     m = msgs()
     assert ask(gw, m, key=k).headers["x-llmgate-cache"] == "miss"
@@ -356,7 +385,7 @@ def test_corrupt_entry_is_a_miss_and_deleted(gw, mock, redis_server):
 def test_redis_killed_mid_run_means_bypass(tmp_mod, mock):
     red = RedisServer(tmp_mod, "redis-cache-fault")
     g = Gateway(tmp_mod, mock.url, name="gwcf",
-                extra_conf=cache_conf(red, tmp_mod, "gwcf", max_entry_bytes=2048))
+                extra_conf=cache_conf(red, tmp_mod, "gwcf", max_entry_bytes=2048, l1_bytes=0))
     try:
         m = msgs()
         assert ask(g, m).headers["x-llmgate-cache"] == "miss"
@@ -384,3 +413,83 @@ def test_redis_killed_mid_run_means_bypass(tmp_mod, mock):
     finally:
         assert g.proc.stop() == 0, g.proc.output()[-4000:]
         red.proc.stop()
+
+
+# ------------------------------------------------------------------ the per-worker L1
+
+def test_l1_refresh_replaces_the_answer_on_the_same_worker(gw1, mock):
+    m = msgs()
+    n0 = upstream_count(mock)
+    a = ask(gw1, m)
+    assert a.headers["x-llmgate-cache"] == "miss"
+    before = metrics(gw1)
+    b = ask(gw1, m)
+    assert b.headers["x-llmgate-cache"] == "hit" and b.content == a.content
+    after = metrics(gw1)
+    assert after["llmgate_cache_l1_hits_total"] == before["llmgate_cache_l1_hits_total"] + 1
+    # no-cache goes upstream for a new answer (another id) ...
+    c = ask(gw1, m, headers={"Cache-Control": "no-cache"})
+    assert c.headers["x-llmgate-cache"] == "miss"
+    assert c.json()["id"] != a.json()["id"]
+    # ... which replaces the one the L1 would otherwise serve for a minute
+    d = ask(gw1, m)
+    assert d.headers["x-llmgate-cache"] == "hit" and d.content == c.content
+    assert upstream_count(mock) == n0 + 2
+    # max-age older than the L1 entry: not served from the L1
+    assert ask(gw1, m, headers={"Cache-Control": "max-age=3600"}).content == c.content
+
+
+def test_l1_hits_are_metered_like_redis_hits(gw1, redis_server):
+    k = make_key(gw1, "cache-l1-meter", limits={"rpm": 3, "tpm": 100000})
+    m = msgs()
+    assert ask(gw1, m, key=k["key"], max_tokens=5).headers["x-llmgate-cache"] == "miss"
+    before = metrics(gw1)
+    for _ in range(2):
+        h = ask(gw1, m, key=k["key"], max_tokens=5)
+        assert h.headers["x-llmgate-cache"] == "hit" and int(h.headers["age"]) >= 0
+    after = metrics(gw1)
+    assert after["llmgate_cache_l1_hits_total"] == before["llmgate_cache_l1_hits_total"] + 2
+    assert after["llmgate_cache_hits_total"] == before["llmgate_cache_hits_total"] + 2
+    assert after["llmgate_cache_hit_bytes_total"] > before["llmgate_cache_hit_bytes_total"]
+    # the L1 hits counted as requests: the fourth one is over 3 per minute
+    assert ask(gw1, m, key=k["key"], max_tokens=5).status_code == 429
+
+    def recs():
+        out = []
+        for _id, f in redis_server.cmd("XRANGE", "llmgate:usage", "-", "+"):
+            d = dict(zip(f[::2], f[1::2]))
+            if d["key_id"] == k["id"] and d["status"] == "200":
+                out.append(d)
+        return len(out) == 3 and out
+    miss, *hits = wait_until(recs, "three usage records")
+    assert miss["cached_tokens"] == "0"
+    for hit in hits:
+        assert hit["completion_tokens"] == "5" and hit["cost_microusd"] == "0"
+        assert int(hit["cached_tokens"]) == int(hit["prompt_tokens"]) + 5
+
+
+def test_l1_tenants_stay_apart(gw1, mock):
+    ka = make_key(gw1, "cache-l1-a")["key"]
+    kb = make_key(gw1, "cache-l1-b")["key"]
+    m = msgs()
+    a = ask(gw1, m, key=ka)
+    assert a.headers["x-llmgate-cache"] == "miss"
+    assert ask(gw1, m, key=ka).headers["x-llmgate-cache"] == "hit"
+    b = ask(gw1, m, key=kb)
+    assert b.headers["x-llmgate-cache"] == "miss" and b.json()["id"] != a.json()["id"]
+    assert ask(gw1, m, key=ka).content == a.content
+    assert ask(gw1, m, key=kb).content == b.content
+
+
+def test_l1_stream_replay_equals_the_redis_replay(gw1, gw_redis_only):
+    m = msgs()
+    assert ask(gw1, m, max_tokens=40).headers["x-llmgate-cache"] == "miss"
+    for opts in ({}, {"stream_options": {"include_usage": True}}):
+        from_l1 = [ask(gw1, m, max_tokens=40, stream=True, **opts) for _ in range(2)]
+        from_redis = ask(gw_redis_only, m, max_tokens=40, stream=True, **opts)
+        for r in from_l1 + [from_redis]:
+            assert r.headers["x-llmgate-cache"] == "hit"
+            assert r.headers["content-type"].startswith("text/event-stream")
+        assert from_l1[0].content == from_l1[1].content == from_redis.content
+        events = sse_events(from_l1[0].text)
+        assert ("usage" in events[-1]) == bool(opts)

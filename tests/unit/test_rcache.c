@@ -1,6 +1,7 @@
 /* cache/rcache.c: the canonical key (key order, number forms, unicode escapes;
  * every output-affecting field class changes the key, every irrelevant one does
- * not), the entry format and its validation, stream assembly and SSE replay. */
+ * not), the entry format and its validation, stream assembly and SSE replay,
+ * and the per-worker L1 (byte budget, lifetime, scopes, invalidation). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "cache/rcache.h"
+#include "cache/rcache_l1.h"
 
 static const char *BASE = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
                           "\"temperature\":0,\"max_tokens\":16}";
@@ -575,6 +577,215 @@ static void test_render_rejects_bad_body(void **state)
     evbuffer_free(out);
 }
 
+/* ---------------------------------------------------------------- L1 */
+
+static const char *ANSWER =
+    "{\"id\":\"c1\",\"object\":\"chat.completion\",\"created\":7,"
+    "\"model\":\"m\",\"choices\":[{\"index\":0,\"message\":{\"role\":"
+    "\"assistant\",\"content\":\"hello there\"},\"finish_reason\":\"stop\"}],"
+    "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,"
+    "\"total_tokens\":5}}";
+
+static struct rcache_entry l1_entry(const char *body, uint64_t created_ms)
+{
+    return (struct rcache_entry){.kind = RCACHE_CHAT,
+                                 .created_ms = created_ms,
+                                 .prompt_tokens = 3,
+                                 .completion_tokens = 2,
+                                 .body = body,
+                                 .body_len = strlen(body)};
+}
+
+/* The Redis key of a scope and a key whose first byte is n. */
+static size_t l1_rkey(char *out, size_t cap, const char *scope, int n)
+{
+    uint8_t k[RCACHE_KEY_LEN] = {(uint8_t)n};
+    int len = rcache_redis_key("llmgate:", scope, k, out, cap, NULL, 0);
+    assert_true(len > 0);
+    return (size_t)len;
+}
+
+static const struct rcache_l1_entry *l1_get(struct rcache_l1 *l1, const char *scope, int n,
+                                            uint64_t now)
+{
+    char k[256];
+    size_t kl = l1_rkey(k, sizeof k, scope, n);
+    return rcache_l1_get(l1, k, kl, now);
+}
+
+static int l1_put(struct rcache_l1 *l1, const char *scope, int n, const char *body,
+                  uint64_t created, uint64_t expires)
+{
+    char k[256];
+    size_t kl = l1_rkey(k, sizeof k, scope, n);
+    struct rcache_entry e = l1_entry(body, created);
+    return rcache_l1_put(l1, k, kl, &e, expires);
+}
+
+static void test_l1_evicts_least_recently_used_by_bytes(void **state)
+{
+    (void)state;
+    char body[1000];
+    memset(body, 'x', sizeof body - 1);
+    body[sizeof body - 1] = '\0';
+    struct rcache_l1 *l1 = rcache_l1_new(1 << 20);
+    assert_non_null(l1);
+    assert_int_equal(l1_put(l1, "t", 1, body, 1, 100), 0);
+    size_t one = rcache_l1_bytes(l1);
+    assert_true(one > sizeof body);
+    /* room for exactly three entries */
+    rcache_l1_set_max_bytes(l1, 3 * one + one / 2);
+    assert_int_equal(l1_put(l1, "t", 2, body, 1, 100), 0);
+    assert_int_equal(l1_put(l1, "t", 3, body, 1, 100), 0);
+    assert_int_equal(rcache_l1_count(l1), 3);
+    assert_non_null(l1_get(l1, "t", 1, 0)); /* 1 is now the most recently used */
+    assert_int_equal(l1_put(l1, "t", 4, body, 1, 100), 0);
+    assert_int_equal(rcache_l1_count(l1), 3);
+    assert_true(rcache_l1_bytes(l1) <= 3 * one + one / 2);
+    assert_null(l1_get(l1, "t", 2, 0)); /* the least recently used went */
+    assert_non_null(l1_get(l1, "t", 1, 0));
+    assert_non_null(l1_get(l1, "t", 3, 0));
+    assert_non_null(l1_get(l1, "t", 4, 0));
+    /* an entry larger than the whole budget is not kept */
+    rcache_l1_set_max_bytes(l1, one / 2);
+    assert_int_equal(rcache_l1_count(l1), 0);
+    assert_int_equal(rcache_l1_bytes(l1), 0);
+    assert_int_equal(l1_put(l1, "t", 5, body, 1, 100), 1);
+    assert_null(l1_get(l1, "t", 5, 0));
+    /* budget 0: off */
+    rcache_l1_set_max_bytes(l1, 0);
+    assert_int_equal(l1_put(l1, "t", 6, "{}", 1, 100), 1);
+    /* many entries: the table grows and keeps them all */
+    rcache_l1_set_max_bytes(l1, 64u << 20);
+    for (int i = 0; i < 256; i++) {
+        char scope[16];
+        snprintf(scope, sizeof scope, "s%d", i);
+        for (int n = 0; n < 8; n++)
+            assert_int_equal(l1_put(l1, scope, n, "{}", 1, 100), 0);
+    }
+    assert_int_equal(rcache_l1_count(l1), 2048);
+    for (int i = 0; i < 256; i++) {
+        char scope[16];
+        snprintf(scope, sizeof scope, "s%d", i);
+        for (int n = 0; n < 8; n++)
+            assert_non_null(l1_get(l1, scope, n, 0));
+    }
+    rcache_l1_free(l1);
+}
+
+static void test_l1_lifetime(void **state)
+{
+    (void)state;
+    struct rcache_l1 *l1 = rcache_l1_new(1 << 20);
+    assert_int_equal(l1_put(l1, "t", 1, ANSWER, 5, 1000), 0);
+    const struct rcache_l1_entry *le = l1_get(l1, "t", 1, 999);
+    assert_non_null(le);
+    assert_string_equal(le->e.body, ANSWER);
+    assert_int_equal(le->e.body_len, strlen(ANSWER));
+    assert_int_equal(le->e.created_ms, 5);
+    assert_int_equal(le->e.prompt_tokens, 3);
+    assert_int_equal(le->e.completion_tokens, 2);
+    assert_null(le->sse);
+    assert_null(l1_get(l1, "t", 1, 1000)); /* expired: dropped */
+    assert_int_equal(rcache_l1_count(l1), 0);
+    assert_int_equal(rcache_l1_bytes(l1), 0);
+    assert_null(l1_get(l1, "t", 1, 0));
+    rcache_l1_free(l1);
+}
+
+static void test_l1_scopes_are_separate(void **state)
+{
+    (void)state;
+    struct rcache_l1 *l1 = rcache_l1_new(1 << 20);
+    assert_int_equal(l1_put(l1, "tenant-a", 1, "{\"a\":1}", 1, 100), 0);
+    assert_null(l1_get(l1, "tenant-b", 1, 0)); /* same key, another scope */
+    assert_null(l1_get(l1, "~shared", 1, 0));
+    assert_int_equal(l1_put(l1, "tenant-b", 1, "{\"b\":1}", 1, 100), 0);
+    assert_string_equal(l1_get(l1, "tenant-a", 1, 0)->e.body, "{\"a\":1}");
+    assert_string_equal(l1_get(l1, "tenant-b", 1, 0)->e.body, "{\"b\":1}");
+    assert_null(l1_get(l1, "tenant-a", 2, 0)); /* another key, same scope */
+    /* another prefix is another key too */
+    uint8_t k[RCACHE_KEY_LEN] = {1};
+    char other[256];
+    int n = rcache_redis_key("other:", "tenant-a", k, other, sizeof other, NULL, 0);
+    assert_null(rcache_l1_get(l1, other, (size_t)n, 0));
+    rcache_l1_free(l1);
+}
+
+static void test_l1_invalidation(void **state)
+{
+    (void)state;
+    struct rcache_l1 *l1 = rcache_l1_new(1 << 20);
+    char k[256];
+    size_t kl = l1_rkey(k, sizeof k, "t", 1);
+    assert_int_equal(l1_put(l1, "t", 1, "{\"v\":1}", 10, 100), 0);
+    /* a refresh stores a newer answer: it replaces the old one */
+    assert_int_equal(l1_put(l1, "t", 1, "{\"v\":2}", 20, 100), 0);
+    assert_string_equal(l1_get(l1, "t", 1, 0)->e.body, "{\"v\":2}");
+    assert_int_equal(rcache_l1_count(l1), 1);
+    /* a Redis read that started before the refresh never puts the old one back */
+    assert_int_equal(l1_put(l1, "t", 1, "{\"v\":1}", 10, 100), 1);
+    assert_string_equal(l1_get(l1, "t", 1, 0)->e.body, "{\"v\":2}");
+    /* evicted (no-cache refresh, corrupt in Redis): gone, others stay */
+    assert_int_equal(l1_put(l1, "t", 2, "{}", 1, 100), 0);
+    size_t before = rcache_l1_bytes(l1);
+    rcache_l1_evict(l1, k, kl);
+    assert_null(rcache_l1_get(l1, k, kl, 0));
+    assert_non_null(l1_get(l1, "t", 2, 0));
+    assert_true(rcache_l1_bytes(l1) < before);
+    rcache_l1_evict(l1, k, kl); /* absent: nothing happens */
+    assert_int_equal(rcache_l1_count(l1), 1);
+    rcache_l1_free(l1);
+}
+
+/* The L1 keeps one SSE rendering (with usage); both client variants are cut
+ * from it and equal what rcache_render_sse writes for them. */
+static void test_l1_sse_parts(void **state)
+{
+    (void)state;
+    struct evbuffer *with = evbuffer_new(), *without = evbuffer_new(), *parts = evbuffer_new();
+    size_t len = strlen(ANSWER), usage_off, done_off;
+    assert_int_equal(rcache_render_sse(ANSWER, len, RCACHE_CHAT, true, 4, with), 0);
+    assert_int_equal(rcache_render_sse(ANSWER, len, RCACHE_CHAT, false, 4, without), 0);
+    assert_int_equal(
+        rcache_render_sse_parts(ANSWER, len, RCACHE_CHAT, true, 4, parts, &usage_off, &done_off),
+        0);
+    size_t n = evbuffer_get_length(parts);
+    char *sse = malloc(n);
+    assert_int_equal(evbuffer_remove(parts, sse, n), (int)n);
+    assert_int_equal(n, evbuffer_get_length(with));
+    assert_memory_equal(sse, evbuffer_pullup(with, -1), n);
+    assert_true(usage_off < done_off);
+    assert_memory_equal(sse + done_off, "data: [DONE]\n\n", n - done_off);
+    assert_int_equal(usage_off + (n - done_off), evbuffer_get_length(without));
+    assert_memory_equal(sse, evbuffer_pullup(without, -1), usage_off);
+
+    struct rcache_l1 *l1 = rcache_l1_new(1 << 20);
+    assert_int_equal(l1_put(l1, "t", 1, ANSWER, 1, 100), 0);
+    size_t before = rcache_l1_bytes(l1);
+    const struct rcache_l1_entry *le = l1_get(l1, "t", 1, 0);
+    assert_int_equal(rcache_l1_set_sse(l1, le, sse, n, usage_off, done_off), 0);
+    le = l1_get(l1, "t", 1, 0);
+    assert_non_null(le->sse);
+    assert_int_equal(le->sse_len, n);
+    assert_int_equal(le->sse_usage_off, usage_off);
+    assert_int_equal(le->sse_done_off, done_off);
+    assert_int_equal(rcache_l1_bytes(l1), before + n);
+    /* an SSE form that would not fit is not attached */
+    rcache_l1_set_max_bytes(l1, before + 10);
+    assert_int_equal(rcache_l1_count(l1), 0); /* the entry with its SSE no longer fits */
+    assert_int_equal(l1_put(l1, "t", 1, ANSWER, 1, 100), 0);
+    le = l1_get(l1, "t", 1, 0);
+    char *big = malloc(n);
+    memcpy(big, evbuffer_pullup(with, -1), n);
+    assert_int_equal(rcache_l1_set_sse(l1, le, big, n, usage_off, done_off), -1);
+    assert_null(l1_get(l1, "t", 1, 0)->sse);
+    rcache_l1_free(l1);
+    evbuffer_free(with);
+    evbuffer_free(without);
+    evbuffer_free(parts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -594,6 +805,11 @@ int main(void)
         cmocka_unit_test(test_asm_rejects),
         cmocka_unit_test(test_asm_completions_two_choices),
         cmocka_unit_test(test_render_rejects_bad_body),
+        cmocka_unit_test(test_l1_evicts_least_recently_used_by_bytes),
+        cmocka_unit_test(test_l1_lifetime),
+        cmocka_unit_test(test_l1_scopes_are_separate),
+        cmocka_unit_test(test_l1_invalidation),
+        cmocka_unit_test(test_l1_sse_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
