@@ -983,6 +983,7 @@ int rcache_get(struct redis *rd, const char *key, rcache_cb cb, void *ud)
         free(c);
         return -1;
     }
+    redis_flush(rd); /* a lookup is on the critical path */
     return 0;
 }
 
