@@ -40,17 +40,17 @@ struct provider_conf {
     char *served_model;  /* the engine's --model-name; NULL = the model dir's basename */
     char *chat_template; /* --chat-template override, or NULL */
     unsigned engine_threads, kv_blocks, max_batch_tokens; /* 0 = the engine's defaults */
-    unsigned max_wait_ms; /* --max-wait-ms: 429 engine_overloaded bound; 0 = none */
+    unsigned max_wait_ms;    /* --max-wait-ms: 429 engine_overloaded bound; 0 = none */
     char *api_version;       /* kind "azure_openai": the api-version query parameter */
     char *anthropic_version; /* kind "anthropic": the anthropic-version header */
 };
 
 /* One entry of "models": a public model name mapped to a provider's model. */
 struct model_conf {
-    char *name;                           /* public name clients send */
-    char *provider_name;                  /* key in "providers" */
-    char *model;                          /* upstream model name (defaults to name) */
-    const struct provider_conf *provider; /* resolved; points into config->providers */
+    char *name;                              /* public name clients send */
+    char *provider_name;                     /* key in "providers" */
+    char *model;                             /* upstream model name (defaults to name) */
+    const struct provider_conf *provider;    /* resolved; points into config->providers */
     unsigned price_prompt, price_completion; /* micro-USD per 1000 tokens; 0 = no price */
 };
 
@@ -78,31 +78,31 @@ struct config {
 
     char *redis_address;
     unsigned redis_port;
-    char *redis_prefix;         /* every llmgate key starts with this ("llmgate:") */
-    unsigned redis_timeout_ms;  /* per-command timeout of the async clients */
+    char *redis_prefix;        /* every llmgate key starts with this ("llmgate:") */
+    unsigned redis_timeout_ms; /* per-command timeout of the async clients */
 
     /* tenant keys, quotas, metering and the admin API (keys.c, quota.c, usage.c, admin.c) */
-    bool redis_keys;                  /* look up tenant keys in Redis after the static list */
-    unsigned key_cache_ttl_ms;        /* per-worker key cache lifetime */
-    int on_redis_error;               /* enum quota_on_redis_error */
-    unsigned default_max_tokens;      /* completion cap reserved (and sent) when a request has none */
-    unsigned quota_lease_ms;          /* a concurrency slot is freed after this even without settle */
-    char *usage_spool;                /* local spool file for usage records while Redis is down */
-    unsigned usage_stream_maxlen;     /* approximate MAXLEN of the usage stream */
-    unsigned usage_retention_days;    /* lifetime of the daily usage aggregates */
-    char *admin_token_env;            /* environment variable holding the admin token */
-    char *admin_token;                /* its value read at load time, or NULL; never log it */
+    bool redis_keys;               /* look up tenant keys in Redis after the static list */
+    unsigned key_cache_ttl_ms;     /* per-worker key cache lifetime */
+    int on_redis_error;            /* enum quota_on_redis_error */
+    unsigned default_max_tokens;   /* completion cap reserved (and sent) when a request has none */
+    unsigned quota_lease_ms;       /* a concurrency slot is freed after this even without settle */
+    char *usage_spool;             /* local spool file for usage records while Redis is down */
+    unsigned usage_stream_maxlen;  /* approximate MAXLEN of the usage stream */
+    unsigned usage_retention_days; /* lifetime of the daily usage aggregates */
+    char *admin_token_env;         /* environment variable holding the admin token */
+    char *admin_token;             /* its value read at load time, or NULL; never log it */
 
     /* response cache (gateway/cachestage.c); routes override per policy */
-    bool cache_enabled;             /* use the Redis response cache at all */
-    unsigned cache_default_ttl_s;   /* entry lifetime when the route sets none */
-    size_t cache_max_entry_bytes;   /* larger answers are not stored */
-    unsigned cache_max_wait_ms;     /* single flight: bound on waiting for an identical request */
-    size_t cache_l1_bytes;          /* per-worker in-process cache of hot entries (0 = off) */
-    unsigned cache_l1_ttl_ms;       /* how long a worker serves an entry without asking Redis */
+    bool cache_enabled;           /* use the Redis response cache at all */
+    unsigned cache_default_ttl_s; /* entry lifetime when the route sets none */
+    size_t cache_max_entry_bytes; /* larger answers are not stored */
+    unsigned cache_max_wait_ms;   /* single flight: bound on waiting for an identical request */
+    size_t cache_l1_bytes;        /* per-worker in-process cache of hot entries (0 = off) */
+    unsigned cache_l1_ttl_ms;     /* how long a worker serves an entry without asking Redis */
 
-    char *policy_dir;   /* routing policy directory, or NULL (the models section only) */
-    bool policy_watch;  /* reload when a policy file changes (inotify) */
+    char *policy_dir;      /* routing policy directory, or NULL (the models section only) */
+    bool policy_watch;     /* reload when a policy file changes (inotify) */
     struct policy *policy; /* routes compiled for this snapshot (one reference), or NULL */
 
     struct provider_conf *providers; /* sorted by name */

@@ -222,14 +222,10 @@ int main(int argc, char **argv)
     /* `llmgate keys|tenants|usage ...`: management commands (gateway/cli.c). */
     if (argc > 1 && cli_is_command(argv[1])) return cli_main(argc - 1, argv + 1);
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"test", no_argument, NULL, 't'},
-        {"port", required_argument, NULL, 'p'},
-        {"workers", required_argument, NULL, 'w'},
-        {"version", no_argument, NULL, 'V'},
-        {"policy-reference", no_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+        {"port", required_argument, NULL, 'p'},   {"workers", required_argument, NULL, 'w'},
+        {"version", no_argument, NULL, 'V'},      {"policy-reference", no_argument, NULL, 'R'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     struct daemon_state d = {0};
     d.config_path = getenv("LLMGATE_CONFIG") ? getenv("LLMGATE_CONFIG") : "conf/llmgate.conf";

@@ -58,10 +58,8 @@ static const char *route_header(void *ud, const char *name)
 
 static enum stage_rc stage_route(struct request *r)
 {
-    struct route_query q = {.model = r->oai.model,
-                            .tenant = request_tenant(r),
-                            .header = route_header,
-                            .ud = r->req};
+    struct route_query q = {
+        .model = r->oai.model, .tenant = request_tenant(r), .header = route_header, .ud = r->req};
     if (router_plan(r->cfg, &q, router_random(), &r->plan) == 0) {
         r->target = r->plan.c[0];
         return STAGE_NEXT;
@@ -98,13 +96,9 @@ static enum stage_rc stage_models_reply(struct request *r)
 
 /* The pipelines, in the order of ARCHITECTURE.md's request path. */
 static const request_stage_fn proxy_stages[] = {
-    keys_authenticate,
-    stage_parse,
-    keys_authorize_model,
-    stage_route,
-    quota_reserve,     /* before the cache: a hit still counts as a request */
-    cachestage_lookup,
-    relay_dispatch,
+    keys_authenticate, stage_parse,    keys_authorize_model,
+    stage_route,       quota_reserve, /* before the cache: a hit still counts as a request */
+    cachestage_lookup, relay_dispatch,
 };
 static const request_stage_fn models_stages[] = {
     keys_authenticate,

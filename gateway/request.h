@@ -60,7 +60,7 @@ struct request_usage {
     bool reported; /* the upstream's usage object was seen */
     bool strip;    /* the client did not ask for usage: drop the usage-only chunk */
     long prompt, completion, cached;
-    long chunks; /* content chunks relayed to the client */
+    long chunks;        /* content chunks relayed to the client */
     bool from_cache;    /* answered by the response cache: no upstream cost */
     bool charge_cached; /* ... and the route charges it against token quotas */
 };
@@ -85,16 +85,16 @@ struct request {
 
     /* parse / route */
     struct oai_request oai;
-    struct route_plan plan;     /* targets in the order they may be tried */
-    struct route_target target; /* the one being (or last) tried: plan.c[attempt_idx] */
-    unsigned attempt_idx;       /* index in plan of the current target */
-    unsigned attempts;          /* upstream attempts so far (x-llmgate-attempts) */
-    unsigned tries_on_target;   /* attempts on the current target */
-    bool probe;                 /* the attempt holds a half-open breaker probe slot */
-    int last_failure;           /* enum policy_failure of the last failed attempt, -1 none */
-    uint64_t cool_left_ms;      /* shortest cooldown among targets skipped for a 429 */
-    struct event *retry_timer;  /* backoff / Retry-After before the next attempt */
-    struct event *ttft_timer;   /* first-token deadline of a stream */
+    struct route_plan plan;        /* targets in the order they may be tried */
+    struct route_target target;    /* the one being (or last) tried: plan.c[attempt_idx] */
+    unsigned attempt_idx;          /* index in plan of the current target */
+    unsigned attempts;             /* upstream attempts so far (x-llmgate-attempts) */
+    unsigned tries_on_target;      /* attempts on the current target */
+    bool probe;                    /* the attempt holds a half-open breaker probe slot */
+    int last_failure;              /* enum policy_failure of the last failed attempt, -1 none */
+    uint64_t cool_left_ms;         /* shortest cooldown among targets skipped for a 429 */
+    struct event *retry_timer;     /* backoff / Retry-After before the next attempt */
+    struct event *ttft_timer;      /* first-token deadline of a stream */
     const struct adapter *adapter; /* the current target's wire format */
     void *adapter_state;           /* its stream translation state */
     bool adapter_failed;           /* a translated event was malformed */

@@ -28,13 +28,13 @@ struct worker {
     struct evhttp_bound_socket *bound;
     evutil_socket_t listen_fd;
     struct upstream *up;
-    struct redis *redis;  /* this worker's Redis connection (cache/redis.h) */
-    struct keycache *keycache;  /* tenant keys read from Redis (gateway/keys.c) */
-    struct quota_worker *quota; /* local limiter, spool replay (gateway/quota.c) */
+    struct redis *redis;              /* this worker's Redis connection (cache/redis.h) */
+    struct keycache *keycache;        /* tenant keys read from Redis (gateway/keys.c) */
+    struct quota_worker *quota;       /* local limiter, spool replay (gateway/quota.c) */
     struct cachestage_worker *rcache; /* response-cache single flight (gateway/cachestage.c) */
-    struct config *cfg;   /* this worker's snapshot (one reference) */
-    struct event *wake;   /* made active by other threads */
-    struct event *health; /* worker 0 only: upstream probe timer */
+    struct config *cfg;               /* this worker's snapshot (one reference) */
+    struct event *wake;               /* made active by other threads */
+    struct event *health;             /* worker 0 only: upstream probe timer */
 
     pthread_mutex_t mu;     /* guards the two fields below */
     struct config *pending; /* next snapshot, one reference */
@@ -42,7 +42,7 @@ struct worker {
 
     bool draining;
     struct event *drain_timer;
-    unsigned active;     /* requests being processed */
+    unsigned active;            /* requests being processed */
     struct request *spare_reqs; /* freed requests kept for reuse (gateway/request.c) */
     unsigned n_spare_reqs;
     unsigned n_conns;    /* client connections that sent a request */

@@ -206,7 +206,8 @@ static void test_bad_enum(void **state)
                  "t.conf:1:19: 'log.level' must be one of \"debug\", \"info\", \"warn\", "
                  "\"error\", got \"loud\"");
     expect_error("{\"providers\": {\"p\": {\"kind\": 3}}}",
-                 "t.conf:1:30: 'providers.p.kind' must be one of \"openai\", \"local\", \"azure_openai\", \"anthropic\", got a number");
+                 "t.conf:1:30: 'providers.p.kind' must be one of \"openai\", \"local\", "
+                 "\"azure_openai\", \"anthropic\", got a number");
 }
 
 static void test_bad_api_keys(void **state)
