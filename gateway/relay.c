@@ -144,13 +144,15 @@ static int relay_event(struct request *r, const struct sse_event *ev)
          * Most chunks are plain content deltas: those are only validated (no
          * allocation) and counted; the tree is built when the usage chunk comes
          * or when the cache is assembling the answer. */
-        bool full = cachestage_wants_chunks(r) || memmem(ev->data, ev->data_len, "\"usage\"", 7);
+        /* Only a metered request (tenant key) reads usage and counts chunks. */
+        bool full = cachestage_wants_chunks(r) ||
+                    (r->key && memmem(ev->data, ev->data_len, "\"usage\"", 7));
         if (!full) {
             if (jsonv_check(ev->data, ev->data_len) != JSONV_OBJECT) {
                 r->error = "upstream_malformed";
                 return 1;
             }
-            if (chunk_has_text(ev->data, ev->data_len)) r->usage.chunks++;
+            if (r->key && chunk_has_text(ev->data, ev->data_len)) r->usage.chunks++;
         } else {
             cJSON *doc = cJSON_ParseWithLength(ev->data, ev->data_len);
             bool ok = cJSON_IsObject(doc);

@@ -359,17 +359,22 @@ static void rewrite_html_error(struct evbuffer *buf, const struct evbuffer_cb_in
     size_t len = evbuffer_get_length(buf);
     const size_t tail_len = sizeof EVHTTP_PAGE_TAIL - 1;
     if (info->n_added == 0 || len < 64 || len > 4096) return;
-    char head[16], tail[sizeof EVHTTP_PAGE_TAIL - 1];
+    /* Cheap first: this runs on every write to every client (stream chunks
+     * included); only an error status line at the buffer's head goes further. */
+    struct evbuffer_iovec head_vec;
+    if (evbuffer_peek(buf, 16, NULL, &head_vec, 1) < 1 || head_vec.iov_len < 16) return;
+    const char *head = head_vec.iov_base;
+    if (memcmp(head, "HTTP/1.", 7) != 0 || head[8] != ' ' || (head[9] != '4' && head[9] != '5'))
+        return;
+    char tail[sizeof EVHTTP_PAGE_TAIL - 1];
     struct evbuffer_ptr at;
     if (evbuffer_ptr_set(buf, &at, len - tail_len, EVBUFFER_PTR_SET) != 0 ||
         evbuffer_copyout_from(buf, &at, tail, tail_len) != (ev_ssize_t)tail_len ||
         memcmp(tail, EVHTTP_PAGE_TAIL, tail_len) != 0)
         return;
-    if (evbuffer_copyout(buf, head, sizeof head) != (ev_ssize_t)sizeof head ||
-        memcmp(head, "HTTP/1.", 7) != 0 || head[8] != ' ')
-        return;
     int status = atoi(head + 9);
     if (status < 400 || status > 599) return;
+    char version = head[7];
     char msg[160];
     const char *code = "invalid_http";
     if (status == 413) {
@@ -388,7 +393,7 @@ static void rewrite_html_error(struct evbuffer *buf, const struct evbuffer_cb_in
     evbuffer_add_printf(buf,
                         "HTTP/1.%c %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
                         "Content-Length: %d\r\n\r\n",
-                        head[7], status, server_reason_phrase(status), n);
+                        version, status, server_reason_phrase(status), n);
     evbuffer_add(buf, json, (size_t)n);
 }
 
