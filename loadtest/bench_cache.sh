@@ -41,44 +41,8 @@ for c in "$NGINX" "$REDIS" curl; do
     command -v "$c" >/dev/null || { echo "bench_cache: $c not installed" >&2; exit 2; }
 done
 
-ncpu=$(nproc)
-pin_client=() pin_server=()
-if [ "$PIN" = 1 ] && [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null; then
-    pin_client=(taskset -c 0)
-    pin_server=(taskset -c 1)
-    pin_note="loadgen pinned to CPU 0; the server under test (with Redis and the mock for llmgate) on CPU 1 (taskset)"
-else
-    PIN=0
-    pin_note="no CPU pinning"
-fi
-
-tmp=$(mktemp -d /tmp/cache-bench.XXXXXX)
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "bench_cache: $*" >&2; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# wait_up PID URL: until URL answers any HTTP status (10 s), or PID dies.
-wait_up() {
-    local pid=$1 url=$2
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        curl -s -o /dev/null --max-time 1 "$url" && return 0
-        sleep 0.1
-    done
-    return 1
-}
+. "$(dirname "$0")/lib.sh"
+bench_setup bench_cache "loadgen pinned to CPU 0; the server under test (with Redis and the mock for llmgate) on CPU 1 (taskset)"
 
 body_plain='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16,"temperature":0}'
 body_stream='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16,"temperature":0,"stream":true}'

@@ -37,42 +37,8 @@ for b in "$MOCK" "$LOADGEN" "$GW"; do
 done
 command -v redis-server >/dev/null || { echo "bench_quota: redis-server not installed" >&2; exit 2; }
 
-ncpu=$(nproc)
-pin_client=() pin_server=()
-if [ "$PIN" = 1 ] && [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null; then
-    pin_client=(taskset -c 0)
-    pin_server=(taskset -c 1)
-    pin_note="loadgen and Redis pinned to CPU 0 (Redis stands in for a separate host), mock and llmgate share CPU 1 (taskset)"
-else
-    PIN=0
-    pin_note="no CPU pinning"
-fi
-
-tmp=$(mktemp -d /tmp/quota-bench.XXXXXX)
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-log() { echo "bench_quota: $*" >&2; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_up() { # PID URL
-    local pid=$1 url=$2
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        curl -s -o /dev/null --max-time 1 "$url" && return 0
-        sleep 0.1
-    done
-    return 1
-}
+. "$(dirname "$0")/lib.sh"
+bench_setup bench_quota "loadgen and Redis pinned to CPU 0 (Redis stands in for a separate host), mock and llmgate share CPU 1 (taskset)"
 
 # ---- mock and Redis ---------------------------------------------------------------
 "${pin_server[@]}" "$MOCK" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet \

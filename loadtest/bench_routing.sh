@@ -30,37 +30,8 @@ KEY=bench-key-not-secret-0123456789
 for b in llmgate llmgate-mock llmgate-loadgen llmgate-bench-routing; do
     [ -x "$BUILDDIR/$b" ] || { echo "bench_routing: $BUILDDIR/$b not found (build it first)" >&2; exit 2; }
 done
-pin_client=() pin_server=()
-if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-    pin_client=(taskset -c 0)
-    pin_server=(taskset -c 1)
-    pin_note="loadgen pinned to CPU 0; mock and llmgate share CPU 1 (taskset)"
-else
-    PIN=0
-    pin_note="no CPU pinning"
-fi
-
-tmp=$(mktemp -d /tmp/route-bench.XXXXXX)
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-log() { echo "bench_routing: $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() {
-    local pid=$1 url=$2
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        curl -s -o /dev/null --max-time 1 "$url" && return 0
-        sleep 0.1
-    done
-    return 1
-}
+. "$(dirname "$0")/lib.sh"
+bench_setup bench_routing "loadgen pinned to CPU 0; mock and llmgate share CPU 1 (taskset)"
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 

@@ -10,7 +10,7 @@ llmgate_loadgen_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS)
 llmgate_loadgen_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) -lm
 
 dist_noinst_SCRIPTS += loadtest/bench_proxy.sh loadtest/bench_engine.sh
-EXTRA_DIST += loadtest/README.md
+EXTRA_DIST += loadtest/README.md loadtest/lib.sh
 
 # Routing decision cost (routing/router.c) with 1, 100 and 1,000 policy routes.
 noinst_PROGRAMS += llmgate-bench-routing

@@ -1,0 +1,49 @@
+# Shared set-up for the loadtest/bench_*.sh scripts; source it, then call
+# bench_setup. Everything stays on loopback, and every process a script starts
+# (recorded in pids) is killed when it exits.
+
+# bench_setup NAME PIN_NOTE: CPU pinning (pin_client / pin_server arrays, honouring
+# PIN=0|1; loadgen on CPU 0, servers on CPU 1), a temp dir in $tmp, cleanup traps,
+# and log(). PIN_NOTE describes the pinning for the report.
+bench_setup() {
+    bench_name=$1
+    ncpu=$(nproc)
+    pin_client=() pin_server=()
+    if [ "${PIN:-1}" = 1 ] && [ "$ncpu" -ge 2 ] && command -v taskset >/dev/null; then
+        pin_client=(taskset -c 0)
+        pin_server=(taskset -c 1)
+        pin_note=$2
+    else
+        PIN=0
+        pin_note="no CPU pinning"
+    fi
+    tmp=$(mktemp -d "/tmp/$bench_name.XXXXXX")
+    pids=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+
+log() { echo "$bench_name: $*" >&2; }
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_up PID URL: until URL answers any HTTP status (10 s), or PID dies.
+wait_up() {
+    local pid=$1 url=$2
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        curl -s -o /dev/null --max-time 1 "$url" && return 0
+        sleep 0.1
+    done
+    return 1
+}
