@@ -9,8 +9,9 @@ llmgate_loadgen_SOURCES = loadtest/loadgen.c loadtest/histogram.c loadtest/histo
 llmgate_loadgen_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS)
 llmgate_loadgen_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) -lm
 
-dist_noinst_SCRIPTS += loadtest/bench_proxy.sh loadtest/bench_engine.sh
-EXTRA_DIST += loadtest/README.md loadtest/lib.sh
+dist_noinst_SCRIPTS += loadtest/bench_proxy.sh loadtest/bench_engine.sh loadtest/bench_cache.sh \
+	loadtest/bench_quota.sh
+EXTRA_DIST += loadtest/README.md loadtest/lib.sh loadtest/results
 
 # Routing decision cost (routing/router.c) with 1, 100 and 1,000 policy routes.
 noinst_PROGRAMS += llmgate-bench-routing

@@ -12,4 +12,4 @@ libllmgate_routing_a_SOURCES = \
 	routing/upstream.c routing/upstream.h
 libllmgate_routing_a_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS)
 ROUTING_LIBS = libllmgate_routing.a $(LIBCURL_LIBS)
-EXTRA_DIST += policies
+EXTRA_DIST += policies tests/fixtures/anthropic
