@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/net.h"
 #include "engine/mkmodel.h"
 #include "engine/server.h"
 
@@ -220,37 +221,6 @@ static int listen_unix(const char *path, char *err, size_t errlen)
     return fd;
 }
 
-static int listen_tcp(const char *host, int *port, char *err, size_t errlen)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    char ps[16];
-    snprintf(ps, sizeof ps, "%d", *port);
-    int rc = getaddrinfo(host, ps, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc));
-        return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 512) != 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, *port, strerror(errno));
-        if (fd >= 0) close(fd);
-        freeaddrinfo(res);
-        return -1;
-    }
-    freeaddrinfo(res);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET) *port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        if (ss.ss_family == AF_INET6) *port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    }
-    return fd;
-}
-
 /* ---- main
  * ---------------------------------------------------------------------------------------- */
 
@@ -344,7 +314,9 @@ int main(int argc, char **argv)
         }
     }
     if (o.port >= 0) {
-        tcp_fd = listen_tcp(o.host, &o.port, err, sizeof err);
+        unsigned port = (unsigned)o.port;
+        tcp_fd = net_listen_tcp(o.host, &port, 512, false, err, sizeof err);
+        o.port = (int)port;
         if (tcp_fd < 0 || server_http_listen(&srv, tcp_fd, err, sizeof err) != 0) {
             log_error("engine", "%s", err);
             goto out;

@@ -17,6 +17,7 @@
 
 #include "autoconf.h"
 #include "common/log.h"
+#include "common/net.h"
 #include "gateway/accesslog.h"
 #include "gateway/cli.h"
 #include "gateway/config.h"
@@ -58,40 +59,6 @@ static void usage(FILE *out)
         "Signals: SIGHUP reloads the configuration and policies (a bad file keeps the old\n"
         "ones); policy files also reload when they change.\n"
         "SIGTERM/SIGINT stop accepting, drain in-flight requests, and exit 0.\n");
-}
-
-/* Opens one listening socket on addr:port with SO_REUSEPORT so each worker can
- * own one; *port receives the bound port (for port 0). -1 on failure. */
-static int listen_socket(const char *addr, unsigned *port, int backlog, char *err, size_t errlen)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%u", *port);
-    int rc = getaddrinfo(addr, portstr, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve listen address %s: %s", addr, gai_strerror(rc));
-        return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
-        snprintf(err, errlen, "cannot listen on %s:%u: %s", addr, *port, strerror(errno));
-        if (fd >= 0) close(fd);
-        freeaddrinfo(res);
-        return -1;
-    }
-    freeaddrinfo(res);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-        *port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                               : ((struct sockaddr_in *)&ss)->sin_port);
-    return fd;
 }
 
 /* The whole snapshot: the config file, then the policies it names, compiled against it. */
@@ -306,7 +273,9 @@ int main(int argc, char **argv)
     d.gw.n_workers = n;
     unsigned port = d.cfg->port;
     for (unsigned i = 0; i < n; i++) {
-        int fd = listen_socket(d.cfg->listen_address, &port, (int)d.cfg->backlog, err, sizeof err);
+        /* One SO_REUSEPORT socket per worker: the kernel spreads connections. */
+        int fd = net_listen_tcp(d.cfg->listen_address, &port, (int)d.cfg->backlog, true, err,
+                                sizeof err);
         if (fd < 0 || worker_init(&d.gw.workers[i], &d.gw, i, d.cfg, fd, err, sizeof err) != 0) {
             fprintf(stderr, "llmgate: %s\n", err);
             return 1;
