@@ -255,7 +255,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    char err[512], namebuf[256];
+    char err[512], namebuf[256], portbuf[16]; /* namebuf holds the served name for good */
     int rc = 1, listen_fd = -1, tcp_fd = -1;
     struct engine_server srv = {.wake_fd = -1, .max_body_bytes = (size_t)o.max_body_bytes};
     struct event *sigs[2] = {NULL, NULL};
@@ -335,7 +335,7 @@ int main(int argc, char **argv)
              srv.model->cfg.vocab_size, srv.model->cfg.max_seq_len,
              chat_template_kind_name(srv.tmpl.kind), o.socket_path ? o.socket_path : "",
              o.socket_path && o.port >= 0 ? " and " : "", o.port >= 0 ? "tcp port " : "",
-             o.port >= 0 ? (snprintf(namebuf, sizeof namebuf, "%d", o.port), namebuf) : "",
+             o.port >= 0 ? (snprintf(portbuf, sizeof portbuf, "%d", o.port), portbuf) : "",
              srv.backend->kv.n_blocks, srv.backend->kv.block_size, srv.backend->max_batch_tokens);
     event_base_dispatch(srv.base);
     rc = 0;

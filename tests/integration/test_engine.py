@@ -310,3 +310,24 @@ def test_gateway_local_provider_supervises_engine(tmp_mod, model_dir):
     # the engine went down with the gateway
     wait_until(lambda: not os.path.exists(f"/proc/{new_pid}") or
                open(f"/proc/{new_pid}/stat").read().split()[2] == "Z", "engine child stopped")
+
+
+def test_tcp_mode_serves_the_directory_name(tmp_mod, model_dir):
+    """On TCP (no --model-name) the served name is the model directory's basename."""
+    from conftest import free_port
+    port = free_port()
+    p = Proc([str(ENGINE), "--model", str(model_dir), "--port", str(port)], tmp_mod / "tcp.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def health():
+            try:
+                return httpx.get(url + "/health", timeout=1).json()
+            except httpx.HTTPError:
+                return None
+        h = wait_until(health, "engine on TCP")
+        assert h["model"] == model_dir.name
+        ids = [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
+        assert ids == [model_dir.name]
+    finally:
+        assert p.stop() == 0
