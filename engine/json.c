@@ -2,6 +2,7 @@
  * container are collected on one shared stack and copied into the document's arena when the
  * container closes, so every value costs one copy and no per-node malloc. */
 #include "engine/json.h"
+#include "engine/unicode.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -152,30 +153,6 @@ static int hex4(const char *s, unsigned *out)
     return 0;
 }
 
-static size_t put_utf8(char *o, unsigned cp)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | (cp >> 6));
-        o[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12));
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18));
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 /* Length of the valid UTF-8 sequence at s (n bytes available), or 0 if invalid. */
 static size_t utf8_valid_len(const unsigned char *s, size_t n)
 {
@@ -286,7 +263,7 @@ static int parse_string(struct parser *p, const char **out, size_t *out_len)
                 cp = 0xFFFD; /* lone low surrogate */
             }
             /* an escape is >= 6 raw bytes and decodes to <= 4, so o never overflows raw_len */
-            w += put_utf8(o + w, cp);
+            w += uni_encode(cp, o + w);
             continue;
         }
         default:
