@@ -1,8 +1,8 @@
 # engine/: the bundled inference engine. The core library uses only libc, libm
-# and pthreads (CUDA when built); each part appends its sources below.
+# and pthreads (CUDA when built), and cJSON in prompt.c; each part appends its sources below.
 noinst_LIBRARIES += libllmgate_engine.a
 libllmgate_engine_a_SOURCES = engine/engine.h
-libllmgate_engine_a_CFLAGS = $(AM_CFLAGS) -O3
+libllmgate_engine_a_CFLAGS = $(AM_CFLAGS) $(CJSON_CFLAGS) -O3
 ENGINE_LIBS = libllmgate_engine.a -lm
 
 include $(srcdir)/engine/tokenizer.mk

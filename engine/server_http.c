@@ -20,6 +20,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "engine/prompt.h"
 #include "gateway/openai.h"
 
 #define MAX_HEADER_BYTES (64 * 1024)
@@ -518,134 +519,13 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 /* ---- request parsing
  * ------------------------------------------------------------------------------ */
 
-struct prompt_ids {
-    int32_t *ids;
-    size_t n;
-};
-
-static int encode_text(const struct engine_server *srv, const char *text, int add_bos,
-                       struct prompt_ids *out)
+/* A refused or failed prompt (engine/prompt.c) as the OpenAI error the client gets. */
+static void prompt_failed(int rc, const struct prompt_error *pe, struct oai_error *e)
 {
-    int32_t *ids = NULL;
-    size_t n = 0;
-    if (tokenizer_encode(srv->tok, text, strlen(text), 1, &ids, &n) != 0) return -1;
-    int32_t bos = tokenizer_bos(srv->tok);
-    if (add_bos && bos >= 0 && tokenizer_add_bos(srv->tok) && !(n > 0 && ids[0] == bos)) {
-        int32_t *nid = realloc(ids, (n + 1) * sizeof *nid);
-        if (!nid) {
-            free(ids);
-            return -1;
-        }
-        memmove(nid + 1, nid, n * sizeof *nid);
-        nid[0] = bos;
-        ids = nid;
-        n++;
-    }
-    out->ids = ids;
-    out->n = n;
-    return 0;
-}
-
-/* Chat messages -> template text -> ids. 0, or -1 with e filled. */
-static int chat_prompt(const struct engine_server *srv, const cJSON *messages,
-                       struct prompt_ids *out, struct oai_error *e)
-{
-    int n = cJSON_GetArraySize(messages), rc = -1;
-    struct chat_msg *msgs = calloc((size_t)n + 1, sizeof *msgs);
-    char **owned = calloc((size_t)n + 1, sizeof *owned);
-    char *text = NULL, err[256];
-    if (!msgs || !owned) goto oom;
-    int i = 0;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, messages)
-    {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        const char *rs = role->valuestring; /* validated by oai_request_parse */
-        msgs[i].role = strcmp(rs, "developer") == 0  ? "system"
-                       : strcmp(rs, "function") == 0 ? "tool"
-                                                     : rs;
-        if (cJSON_IsString(content)) {
-            msgs[i].content = content->valuestring;
-        } else if (cJSON_IsArray(content)) {
-            size_t len = 0;
-            const cJSON *part;
-            cJSON_ArrayForEach(part, content)
-            {
-                const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-                if (!cJSON_IsString(t)) {
-                    char param[64];
-                    snprintf(param, sizeof param, "messages[%d].content", i);
-                    oai_error_set(e, 400, "invalid_request_error", "unsupported_content", param,
-                                  "The local engine only accepts text content parts.");
-                    goto out;
-                }
-                len += strlen(t->valuestring);
-            }
-            owned[i] = malloc(len + 1);
-            if (!owned[i]) goto oom;
-            len = 0;
-            cJSON_ArrayForEach(part, content)
-            {
-                const char *t = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
-                memcpy(owned[i] + len, t, strlen(t));
-                len += strlen(t);
-            }
-            owned[i][len] = '\0';
-            msgs[i].content = owned[i];
-        } else {
-            msgs[i].content = "";
-        }
-        i++;
-    }
-    if (chat_template_apply(&srv->tmpl, msgs, (size_t)n, 1, &text, NULL, err, sizeof err) != 0) {
-        oai_error_set(e, 400, "invalid_request_error", "invalid_value", "messages", "%s", err);
-        goto out;
-    }
-    if (encode_text(srv, text, 0, out) != 0) goto oom;
-    rc = 0;
-    goto out;
-oom:
-    oai_error_set(e, 500, "server_error", NULL, NULL, "Out of memory.");
-out:
-    if (owned)
-        for (int k = 0; k < n; k++)
-            free(owned[k]);
-    free(owned);
-    free(msgs);
-    free(text);
-    return rc;
-}
-
-/* The completions prompt: a string, or token ids, one prompt only. */
-static int completion_prompt(const struct engine_server *srv, const cJSON *p,
-                             struct prompt_ids *out, struct oai_error *e)
-{
-    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && !cJSON_IsNumber(p->child))
-        p = p->child; /* ["text"] or [[ids]] */
-    if (cJSON_IsString(p)) {
-        if (encode_text(srv, p->valuestring, 1, out) != 0) {
-            oai_error_set(e, 500, "server_error", NULL, NULL, "Out of memory.");
-            return -1;
-        }
-        return 0;
-    }
-    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) > 0 && cJSON_IsNumber(p->child)) {
-        int n = cJSON_GetArraySize(p);
-        out->ids = malloc((size_t)n * sizeof *out->ids);
-        if (!out->ids) {
-            oai_error_set(e, 500, "server_error", NULL, NULL, "Out of memory.");
-            return -1;
-        }
-        out->n = 0;
-        const cJSON *t;
-        cJSON_ArrayForEach(t, p) out->ids[out->n++] = (int32_t)t->valuedouble;
-        return 0;
-    }
-    oai_error_set(e, 400, "invalid_request_error", "unsupported_value", "prompt",
-                  "The local engine takes one prompt per request (a string or one array of token "
-                  "ids).");
-    return -1;
+    if (rc == PROMPT_E_INVALID)
+        oai_error_set(e, 400, "invalid_request_error", pe->code, pe->param, "%s", pe->message);
+    else
+        oai_error_set(e, 500, "server_error", NULL, NULL, "Out of memory.");
 }
 
 static double num_or(const cJSON *root, const char *name, double dflt)
@@ -767,11 +647,14 @@ static void handle_generate(struct engine_server *srv, struct evhttp_request *re
     if (oai_request_parse(ep, body, len, &o, &e) != 0) return reply_error(srv, req, &e);
     if (model_matches(srv, o.model, &e) != 0 || check_unsupported(&o, &e) != 0) goto fail;
     const cJSON *root = o.root;
-    if (ep == OAI_CHAT) {
-        if (chat_prompt(srv, cJSON_GetObjectItemCaseSensitive(root, "messages"), &p, &e) != 0)
-            goto fail;
-    } else if (completion_prompt(srv, cJSON_GetObjectItemCaseSensitive(root, "prompt"), &p, &e) !=
-               0) {
+    struct prompt_error pe;
+    int prc = ep == OAI_CHAT
+                  ? prompt_chat(srv->tok, &srv->tmpl,
+                                cJSON_GetObjectItemCaseSensitive(root, "messages"), &p, &pe)
+                  : prompt_completion(srv->tok, cJSON_GetObjectItemCaseSensitive(root, "prompt"),
+                                      &p, &pe);
+    if (prc != PROMPT_OK) {
+        prompt_failed(prc, &pe, &e);
         goto fail;
     }
     if (p.n == 0) {
@@ -833,7 +716,7 @@ static void handle_generate(struct engine_server *srv, struct evhttp_request *re
         r = NULL;
         goto fail;
     }
-    free(p.ids);
+    prompt_ids_free(&p);
     oai_request_free(&o);
     struct srv_conn *c = conn_get(srv, req);
     r->conn = c;
@@ -848,7 +731,7 @@ fail:
         free(r->fin);
         free(r);
     }
-    free(p.ids);
+    prompt_ids_free(&p);
     oai_request_free(&o);
     reply_error(srv, req, &e);
 }
@@ -896,7 +779,7 @@ static void handle_tokenize(struct engine_server *srv, struct evhttp_request *re
     if (!text) text = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (cJSON_IsString(text)) {
-        if (encode_text(srv, text->valuestring, 1, &p) != 0) {
+        if (prompt_encode_text(srv->tok, text->valuestring, 1, &p) != PROMPT_OK) {
             oai_error_set(&e, 500, "server_error", NULL, NULL, "Out of memory.");
             goto fail;
         }
@@ -920,9 +803,14 @@ static void handle_tokenize(struct engine_server *srv, struct evhttp_request *re
         int rc = oai_request_parse(OAI_CHAT, sub, strlen(sub), &o, &e);
         free(sub);
         if (rc != 0) goto fail;
-        rc = chat_prompt(srv, cJSON_GetObjectItemCaseSensitive(o.root, "messages"), &p, &e);
+        struct prompt_error pe;
+        rc = prompt_chat(srv->tok, &srv->tmpl, cJSON_GetObjectItemCaseSensitive(o.root, "messages"),
+                         &p, &pe);
         oai_request_free(&o);
-        if (rc != 0) goto fail;
+        if (rc != PROMPT_OK) {
+            prompt_failed(rc, &pe, &e);
+            goto fail;
+        }
     } else {
         oai_error_set(&e, 400, "invalid_request_error", "missing_required_parameter", "text",
                       "Give \"text\" (a string) or \"messages\".");
@@ -940,11 +828,11 @@ static void handle_tokenize(struct engine_server *srv, struct evhttp_request *re
                         srv->model->cfg.max_seq_len);
     reply(srv, req, 200, "application/json", b);
     evbuffer_free(b);
-    free(p.ids);
+    prompt_ids_free(&p);
     cJSON_Delete(root);
     return;
 fail:
-    free(p.ids);
+    prompt_ids_free(&p);
     cJSON_Delete(root);
     reply_error(srv, req, &e);
 }
