@@ -298,7 +298,8 @@ void redis_script_init(struct redis_script *s)
         snprintf(s->sha + 2 * i, 3, "%02x", d[i]);
 }
 
-#define MAX_SCRIPT_ARGS 64
+#define MAX_SCRIPT_ARGS 8192 /* keys + args of one script call (a batch of settles) */
+#define STACK_ARGS      64   /* calls this small build their argument list on the stack */
 
 int redis_eval(struct redis *r, const struct redis_script *s, redis_reply_cb cb, void *ud,
                int nkeys, const char **keys, const size_t *keylens, int nargs, const char **args,
@@ -306,8 +307,15 @@ int redis_eval(struct redis *r, const struct redis_script *s, redis_reply_cb cb,
 {
     if (!r->ctx || r->freeing || nkeys < 0 || nargs < 0 || nkeys + nargs > MAX_SCRIPT_ARGS)
         return -1;
-    const char *argv[MAX_SCRIPT_ARGS + 3];
-    size_t lens[MAX_SCRIPT_ARGS + 3];
+    const char *stack_argv[STACK_ARGS + 3];
+    size_t stack_lens[STACK_ARGS + 3];
+    const char **argv = stack_argv;
+    size_t *lens = stack_lens;
+    if (nkeys + nargs > STACK_ARGS) {
+        argv = malloc((size_t)(nkeys + nargs + 3) * (sizeof *argv + sizeof *lens));
+        if (!argv) return -1;
+        lens = (size_t *)(argv + nkeys + nargs + 3);
+    }
     char nk[16];
     int argc = 0;
     argv[argc] = "EVALSHA";
@@ -324,7 +332,8 @@ int redis_eval(struct redis *r, const struct redis_script *s, redis_reply_cb cb,
         argv[argc] = args[i];
         lens[argc++] = arglens[i];
     }
-    struct pending *p = pending_new(r, cb, ud, argc, argv, lens);
+    struct pending *p = pending_new(r, cb, ud, argc, argv, lens); /* copies the arguments */
+    if (argv != stack_argv) free(argv);
     if (!p) return -1;
     p->script = s;
     if (submit(r, p, argc, p->argv, p->argvlen) != 0) {

@@ -17,6 +17,7 @@
 #include "cache/redis.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "gateway/localtok.h"
 #include "gateway/scripts.h"
 #include "gateway/usage.h"
 #include "gateway/worker.h"
@@ -205,12 +206,24 @@ struct local_scope {
     struct local_scope *next;
 };
 
+/* Settles wait up to SETTLE_BATCH_MS (or until SETTLE_BATCH_MAX are queued) and
+ * go to Redis as one script call: per request that saves a round trip, an
+ * EVALSHA set-up and a wake-up of Redis, which is most of its cost. Refunds
+ * and freed concurrency slots land that much later. */
+#define SETTLE_BATCH_MAX 64
+#define SETTLE_BATCH_MS  2
+
+struct settle_ctx;
+
 struct quota_worker {
     struct worker *w;
     struct local_scope *buckets[LOCAL_BUCKETS];
     size_t n;
     struct usage_replay *replay; /* worker 0 */
     struct event *tick;
+    struct settle_ctx *batch[SETTLE_BATCH_MAX]; /* queued settles, oldest first */
+    int n_batch;
+    struct event *batch_timer;
 };
 
 static size_t name_hash(const char *s)
@@ -352,6 +365,8 @@ static const char *reply_str(const redisReply *a, size_t i, char *buf, size_t ca
     return buf;
 }
 
+static bool recheck_after_settles(struct request *r);
+
 static void on_reserve(const struct redisReply *reply, void *ud)
 {
     struct request *r = ud;
@@ -381,6 +396,9 @@ static void on_reserve(const struct redisReply *reply, void *ud)
             q->redis = true;
             quota_add_headers(r);
             rc = STAGE_NEXT;
+        } else if (recheck_after_settles(r)) {
+            request_release(r); /* the re-sent reserve holds its own reference */
+            return;
         } else {
             char kind[16], window[16];
             reply_str(reply, 1, kind, sizeof kind);
@@ -429,21 +447,10 @@ static void adjust_upstream_body(struct request *r, long cap)
 
 #define MAX_RESERVE_ARGS (3 + 5 * QUOTA_MAX_SCOPES)
 
-enum stage_rc quota_reserve(struct request *r)
+/* Sends r's reserve script (holding r until the reply); 0, or -1 when Redis
+ * cannot take it. */
+static int send_reserve(struct request *r, const struct quota_scope *sc, int ns)
 {
-    if (!r->key) return STAGE_NEXT;
-    const struct config *cfg = r->cfg;
-    long cap = r->oai.max_tokens >= 0 ? r->oai.max_tokens
-               : r->key->max_tokens   ? (long)r->key->max_tokens
-                                      : (long)cfg->default_max_tokens;
-    r->quota.tokens = quota_estimate(&r->oai, cap, &r->quota.prompt_est);
-    new_member(r->quota.member);
-    adjust_upstream_body(r, cap);
-
-    struct quota_scope sc[QUOTA_MAX_SCOPES];
-    int ns = quota_scopes(r->key, r->oai.model, cfg->redis_prefix, sc);
-    if (ns == 0) return STAGE_NEXT;
-
     const char *keys[2 * QUOTA_MAX_SCOPES], *args[MAX_RESERVE_ARGS];
     size_t kl[2 * QUOTA_MAX_SCOPES], al[MAX_RESERVE_ARGS];
     char nums[MAX_RESERVE_ARGS][24];
@@ -456,7 +463,7 @@ enum stage_rc quota_reserve(struct request *r)
     }
     args[na] = r->quota.member;
     al[na++] = strlen(r->quota.member);
-    long head[2] = {r->quota.tokens, (long)cfg->quota_lease_ms};
+    long head[2] = {r->quota.tokens, (long)r->cfg->quota_lease_ms};
     for (int i = 0; i < 2; i++) {
         al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%ld", head[i]);
         args[na] = nums[na];
@@ -474,9 +481,42 @@ enum stage_rc quota_reserve(struct request *r)
     if (redis_eval(r->w->redis, &script_reserve, on_reserve, r, 2 * ns, keys, kl, na, args, al) !=
         0) {
         request_release(r);
-        return redis_down(r, sc, ns);
+        return -1;
     }
     redis_flush(r->w->redis); /* on the critical path: send now, not next loop turn */
+    return 0;
+}
+
+/* A refusal while this worker still queues settles (their refunds and freed
+ * slots not yet on Redis) is checked once more behind them: batching settles
+ * never turns into a 429 the client would not have had without it. Commands
+ * on one connection run in order, so the retry sees every earlier settle. */
+static bool recheck_after_settles(struct request *r)
+{
+    struct quota_worker *q = r->w->quota;
+    if (r->quota.rechecked || !q || q->n_batch == 0) return false;
+    r->quota.rechecked = true;
+    quota_flush(q);
+    struct quota_scope sc[QUOTA_MAX_SCOPES];
+    int ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
+    return send_reserve(r, sc, ns) == 0;
+}
+
+enum stage_rc quota_reserve(struct request *r)
+{
+    if (!r->key) return STAGE_NEXT;
+    const struct config *cfg = r->cfg;
+    long cap = r->oai.max_tokens >= 0 ? r->oai.max_tokens
+               : r->key->max_tokens   ? (long)r->key->max_tokens
+                                      : (long)cfg->default_max_tokens;
+    r->quota.tokens = quota_estimate(&r->oai, cap, &r->quota.prompt_est);
+    new_member(r->quota.member);
+    adjust_upstream_body(r, cap);
+
+    struct quota_scope sc[QUOTA_MAX_SCOPES];
+    int ns = quota_scopes(r->key, r->oai.model, cfg->redis_prefix, sc);
+    if (ns == 0) return STAGE_NEXT;
+    if (send_reserve(r, sc, ns) != 0) return redis_down(r, sc, ns);
     return STAGE_ASYNC;
 }
 
@@ -565,8 +605,10 @@ void quota_settle(struct request *r)
         completion = r->usage.completion;
         cached = r->usage.cached;
     } else if (r->t_up_us && (r->status == 200 || r->status == 499)) {
-        /* Cut off before the upstream's usage: the prompt estimate plus one token per
-         * relayed content chunk (the granularity OpenAI-compatible servers stream at). */
+        /* Cut off before the upstream's usage: the reserved prompt count (exact for a local
+         * engine with its tokenizer, else the estimate) plus one token per relayed content
+         * chunk (the granularity OpenAI-compatible servers stream at). The completion part is
+         * a guess either way, so the record stays `estimated`. */
         prompt = r->quota.prompt_est;
         completion = r->usage.chunks;
         estimated = true;
@@ -678,11 +720,99 @@ void quota_settle(struct request *r)
         p += b->len[i] + 1;
     }
     free(b);
-    if (redis_eval(r->w->redis, &script_settle, on_settle, s, s->nk, s->argv, s->lens, s->na,
-                   s->argv + s->nk, s->lens + s->nk) != 0) {
-        spool(s);
-        settle_free(s);
+    struct quota_worker *q = r->w->quota;
+    if (!q) {
+        if (redis_eval(r->w->redis, &script_settle, on_settle, s, s->nk, s->argv, s->lens, s->na,
+                       s->argv + s->nk, s->lens + s->nk) != 0) {
+            spool(s);
+            settle_free(s);
+        }
+        return;
     }
+    q->batch[q->n_batch++] = s;
+    if (q->n_batch == SETTLE_BATCH_MAX) {
+        quota_flush(q);
+    } else if (q->n_batch == 1 && q->batch_timer) {
+        struct timeval tv = {.tv_sec = 0, .tv_usec = SETTLE_BATCH_MS * 1000};
+        evtimer_add(q->batch_timer, &tv);
+    }
+}
+
+/* ---------------------------------------------------------------- settle batches */
+
+struct batch_call {
+    int n;
+    struct settle_ctx *s[];
+};
+
+static void on_settle_batch(const struct redisReply *reply, void *ud)
+{
+    struct batch_call *c = ud;
+    bool failed = !reply || reply->type == REDIS_REPLY_ERROR;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        log_warn("usage", "settle script failed: %s; %d record(s) spooled", reply->str, c->n);
+    for (int i = 0; i < c->n; i++) {
+        if (failed) spool(c->s[i]); /* replays are idempotent (dedup on the member) */
+        settle_free(c->s[i]);
+    }
+    free(c);
+}
+
+void quota_flush(struct quota_worker *q)
+{
+    if (!q || q->n_batch == 0) return;
+    if (q->batch_timer) evtimer_del(q->batch_timer);
+    int n = q->n_batch, nk = 0, na = 1 + 2 * n;
+    q->n_batch = 0;
+    for (int i = 0; i < n; i++)
+        nk += q->batch[i]->nk, na += q->batch[i]->na;
+    struct batch_call *c = malloc(sizeof *c + (size_t)n * sizeof c->s[0]);
+    const char **v = malloc((size_t)(nk + na) * sizeof *v);
+    size_t *l = malloc((size_t)(nk + na) * sizeof *l);
+    char(*counts)[12] = malloc((size_t)(1 + 2 * n) * sizeof *counts);
+    int rc = -1;
+    if (c && v && l && counts) {
+        c->n = n;
+        memcpy(c->s, q->batch, (size_t)n * sizeof c->s[0]);
+        int kv = 0, av = nk, ci = 0;
+        l[av] = (size_t)snprintf(counts[ci], sizeof counts[ci], "%d", n);
+        v[av++] = counts[ci++];
+        for (int i = 0; i < n; i++) {
+            const struct settle_ctx *s = q->batch[i];
+            l[av] = (size_t)snprintf(counts[ci], sizeof counts[ci], "%d", s->nk);
+            v[av++] = counts[ci++];
+            l[av] = (size_t)snprintf(counts[ci], sizeof counts[ci], "%d", s->na);
+            v[av++] = counts[ci++];
+        }
+        for (int i = 0; i < n; i++) {
+            const struct settle_ctx *s = q->batch[i];
+            memcpy(v + kv, s->argv, (size_t)s->nk * sizeof *v);
+            memcpy(l + kv, s->lens, (size_t)s->nk * sizeof *l);
+            kv += s->nk;
+            memcpy(v + av, s->argv + s->nk, (size_t)s->na * sizeof *v);
+            memcpy(l + av, s->lens + s->nk, (size_t)s->na * sizeof *l);
+            av += s->na;
+        }
+        rc = redis_eval(q->w->redis, &script_settle_batch, on_settle_batch, c, nk, v, l, na, v + nk,
+                        l + nk);
+    }
+    free(v);
+    free(l);
+    free(counts);
+    if (rc != 0) {
+        for (int i = 0; i < n; i++) {
+            spool(q->batch[i]);
+            settle_free(q->batch[i]);
+        }
+        free(c);
+    }
+}
+
+static void on_batch_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    quota_flush(arg);
 }
 
 /* ---------------------------------------------------------------- per worker */
@@ -700,6 +830,11 @@ struct quota_worker *quota_worker_new(struct worker *w)
     struct quota_worker *q = calloc(1, sizeof *q);
     if (!q) return NULL;
     q->w = w;
+    q->batch_timer = evtimer_new(w->base, on_batch_timer, q);
+    if (!q->batch_timer) {
+        free(q);
+        return NULL;
+    }
     /* Worker 0 replays the spool (also what an earlier run left behind). */
     if (w->index == 0 && w->cfg->redis_keys) {
         q->replay = usage_replay_new(w->redis, w->cfg->usage_spool);
@@ -718,6 +853,12 @@ struct quota_worker *quota_worker_new(struct worker *w)
 void quota_worker_free(struct quota_worker *q)
 {
     if (!q) return;
+    for (int i = 0; i < q->n_batch; i++) { /* never sent: replayed at the next start */
+        spool(q->batch[i]);
+        settle_free(q->batch[i]);
+    }
+    q->n_batch = 0;
+    if (q->batch_timer) event_free(q->batch_timer);
     if (q->tick) event_free(q->tick);
     usage_replay_free(q->replay);
     local_clear(q);

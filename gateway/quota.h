@@ -53,8 +53,12 @@ void quota_usage_from_body(struct request *r, const cJSON *body);
 /* Adds the x-ratelimit-* headers known for r to its response headers. */
 void quota_add_headers(struct request *r);
 
-/* Per-worker state: the local limiter and (worker 0) the spool replay timer. */
+/* Per-worker state: the local limiter, the settle batch and (worker 0) the spool replay
+ * timer. */
 struct quota_worker *quota_worker_new(struct worker *w);
+/* Spools settles still queued (never sent); run after redis_free. */
 void quota_worker_free(struct quota_worker *q);
+/* Sends the queued settles now (one script call); a no-op when none are queued. */
+void quota_flush(struct quota_worker *q);
 
 #endif

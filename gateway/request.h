@@ -48,6 +48,7 @@ struct request_quota {
     bool redis;        /* reserved on Redis: settle charges and refunds */
     bool local;        /* admitted by the local fail-open limiter instead */
     bool have_headers; /* the x-ratelimit-* values below are known */
+    bool rechecked;    /* a refusal was re-checked after this worker's queued settles */
     long tokens;       /* reserved: estimated prompt + completion cap */
     long prompt_est;   /* estimated prompt tokens */
     long day, month;   /* calendar windows the reservation was taken in */

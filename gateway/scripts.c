@@ -42,177 +42,235 @@
     "  return days_from_civil(math.floor(nxt / 12), nxt % 12 + 1, 1) * 86400000\n"                 \
     "end\n"
 
-/* Quota hashes live 35 days after their last write: long enough for a month
- * window, and an idle key's buckets are full again after a minute anyway. */
-#define LUA_QUOTA_TTL "local QTTL = 35 * 86400000\n"
-
+/* Quota hashes live 35 days after the day they were last refreshed (field x =
+ * that day, so PEXPIRE runs once a day per bucket, not per request): long
+ * enough for a month window, and an idle key's buckets are full again after a
+ * minute anyway. The reserve computes the month (and its end) only when some
+ * scope has a monthly limit; it returns month -1 otherwise. */
 struct redis_script script_reserve = {
-    .src = LUA_TIME LUA_QUOTA_TTL
-    "local now = now_ms()\n"
-    "local day = math.floor(now / 86400000)\n"
-    "local mon = month_of(day)\n"
-    "local member, n, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-    "local ns = #KEYS / 2\n"
-    "local ok, kind, retry, big, what, scope = 1, '', 0, 0, '', 0\n"
-    "local i\n"
-    "local function deny(k, ms, too_large, w)\n"
-    "  ok = 0\n"
-    "  if too_large then big = 1 end\n"
-    "  if ms >= retry then retry = ms; kind = k; what = w; scope = i end\n"
-    "end\n"
-    "local st = {}\n"
-    /* Pass 1: refill and check every window of every scope; change nothing. */
-    "for j = 1, ns do\n"
-    "  i = j\n"
-    "  local b = 3 + (i - 1) * 5\n"
-    "  local s = { rpm = tonumber(ARGV[b + 1]), tpm = tonumber(ARGV[b + 2]),\n"
-    "              tpd = tonumber(ARGV[b + 3]), tpmo = tonumber(ARGV[b + 4]),\n"
-    "              conc = tonumber(ARGV[b + 5]) }\n"
-    "  local h = redis.call('HMGET', KEYS[2 * i - 1], 'r', 'rt', 't', 'tt', 'd', 'dw', 'm', 'mw')\n"
-    "  if s.rpm > 0 then\n"
-    "    local lvl, ts = tonumber(h[1]), tonumber(h[2])\n"
-    "    if lvl == nil or ts == nil then lvl = s.rpm\n"
-    "    else lvl = math.min(s.rpm, lvl + math.max(0, now - ts) * s.rpm / 60000) end\n"
-    "    s.r = lvl\n"
-    "    if lvl < 1 then deny('requests', math.ceil((1 - lvl) * 60000 / s.rpm), false, 'rpm') end\n"
-    "  end\n"
-    "  if s.tpm > 0 then\n"
-    "    local lvl, ts = tonumber(h[3]), tonumber(h[4])\n"
-    "    if lvl == nil or ts == nil then lvl = s.tpm\n"
-    "    else lvl = math.min(s.tpm, lvl + math.max(0, now - ts) * s.tpm / 60000) end\n"
-    "    s.t = lvl\n"
-    "    if n > s.tpm then deny('tokens', math.ceil((s.tpm - lvl) * 60000 / s.tpm), true, 'tpm')\n"
-    "    elseif lvl < n then deny('tokens', math.ceil((n - lvl) * 60000 / s.tpm), false, 'tpm') "
-    "end\n"
-    "  end\n"
-    "  if s.tpd > 0 then\n"
-    "    s.d = (tonumber(h[6]) == day) and tonumber(h[5]) or 0\n"
-    "    if s.d + n > s.tpd then deny('tokens', (day + 1) * 86400000 - now, n > s.tpd, 'tpd') end\n"
-    "  end\n"
-    "  if s.tpmo > 0 then\n"
-    "    s.m = (tonumber(h[8]) == mon) and tonumber(h[7]) or 0\n"
-    "    if s.m + n > s.tpmo then deny('tokens', month_end_ms(mon) - now, n > s.tpmo, 'tpmo') end\n"
-    "  end\n"
-    "  if s.conc > 0 then\n"
-    "    redis.call('ZREMRANGEBYSCORE', KEYS[2 * i], '-inf', now)\n"
-    "    s.c = redis.call('ZCARD', KEYS[2 * i])\n"
-    "    if s.c >= s.conc then deny('requests', 1000, false, 'concurrency') end\n"
-    "  end\n"
-    "  st[i] = s\n"
-    "end\n"
-    /* Pass 2: all or nothing. */
-    "if ok == 1 then\n"
-    "  for i = 1, ns do\n"
-    "    local s, a = st[i], {}\n"
-    "    if s.r then s.r = s.r - 1; a[#a+1] = 'r'; a[#a+1] = s.r; a[#a+1] = 'rt'; a[#a+1] = now "
-    "end\n"
-    "    if s.t then s.t = s.t - n; a[#a+1] = 't'; a[#a+1] = s.t; a[#a+1] = 'tt'; a[#a+1] = now "
-    "end\n"
-    "    if s.d then s.d = s.d + n; a[#a+1] = 'd'; a[#a+1] = s.d; a[#a+1] = 'dw'; a[#a+1] = day "
-    "end\n"
-    "    if s.m then s.m = s.m + n; a[#a+1] = 'm'; a[#a+1] = s.m; a[#a+1] = 'mw'; a[#a+1] = mon "
-    "end\n"
-    "    if #a > 0 then\n"
-    "      redis.call('HSET', KEYS[2 * i - 1], unpack(a))\n"
-    "      redis.call('PEXPIRE', KEYS[2 * i - 1], QTTL)\n"
-    "    end\n"
-    "    if s.c then\n"
-    "      redis.call('ZADD', KEYS[2 * i], now + lease, member)\n"
-    "      redis.call('PEXPIRE', KEYS[2 * i], lease + 60000)\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    /* Headers: the scope with the least left wins. Token headers fall back to
-     * the day/month windows when no scope has a per-minute token limit. */
-    "local rl, rrem, rres, tl, trem, tres = -1, -1, 0, -1, -1, 0\n"
-    "local wl, wrem, wres = -1, -1, 0\n"
-    "for i = 1, ns do\n"
-    "  local s = st[i]\n"
-    "  if s.r then\n"
-    "    local rem = math.max(0, math.floor(s.r))\n"
-    "    if rrem < 0 or rem < rrem then\n"
-    "      rl, rrem, rres = s.rpm, rem, math.ceil((s.rpm - s.r) * 60000 / s.rpm)\n"
-    "    end\n"
-    "  end\n"
-    "  if s.t then\n"
-    "    local rem = math.max(0, math.floor(s.t))\n"
-    "    if trem < 0 or rem < trem then\n"
-    "      tl, trem, tres = s.tpm, rem, math.ceil((s.tpm - s.t) * 60000 / s.tpm)\n"
-    "    end\n"
-    "  end\n"
-    "  if s.d then\n"
-    "    local rem = math.max(0, s.tpd - s.d)\n"
-    "    if wrem < 0 or rem < wrem then wl, wrem, wres = s.tpd, rem, (day + 1) * 86400000 - now "
-    "end\n"
-    "  end\n"
-    "  if s.m then\n"
-    "    local rem = math.max(0, s.tpmo - s.m)\n"
-    "    if wrem < 0 or rem < wrem then wl, wrem, wres = s.tpmo, rem, month_end_ms(mon) - now end\n"
-    "  end\n"
-    "end\n"
-    "if tl < 0 then tl, trem, tres = wl, wrem, wres end\n"
-    "return {ok, kind, math.floor(retry), rl, rrem, math.floor(rres), tl, trem, math.floor(tres),\n"
-    "        day, mon, big, what, scope}\n"};
+    .src =
+        "local QTTL = 35 * 86400000\n"
+        "local t = redis.call('TIME')\n"
+        "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+        "local day = math.floor(now / 86400000)\n"
+        "local member, n, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+        "local ns = #KEYS / 2\n"
+        "local floor, ceil, min, max = math.floor, math.ceil, math.min, math.max\n"
+        "local mon, mend = -1, 0\n"
+        "for i = 1, ns do\n"
+        "  if tonumber(ARGV[5 * i + 2]) > 0 then\n"
+        "    local z = day + 719468\n"
+        "    local era = floor(z / 146097)\n"
+        "    local doe = z - era * 146097\n"
+        "    local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / "
+        "146096)) / 365)\n"
+        "    local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))\n"
+        "    local mp = floor((5 * doy + 2) / 153)\n"
+        "    local m = mp < 10 and mp + 3 or mp - 9\n"
+        "    local y = yoe + era * 400\n"
+        "    if m <= 2 then y = y + 1 end\n"
+        "    mon = y * 12 + m - 1\n"
+        "    local ny, nm = floor((mon + 1) / 12), (mon + 1) % 12 + 1\n"
+        "    if nm <= 2 then ny = ny - 1 end\n"
+        "    era = floor(ny / 400)\n"
+        "    yoe = ny - era * 400\n"
+        "    mp = nm > 2 and nm - 3 or nm + 9\n"
+        "    doy = floor((153 * mp + 2) / 5)\n"
+        "    doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy\n"
+        "    mend = (era * 146097 + doe - 719468) * 86400000\n"
+        "    break\n"
+        "  end\n"
+        "end\n"
+        "local ok, kind, retry, big, what, scope = 1, '', 0, 0, '', 0\n"
+        "local function deny(k, ms, too_large, w, i)\n"
+        "  ok = 0\n"
+        "  if too_large then big = 1 end\n"
+        "  if ms >= retry then retry = ms; kind = k; what = w; scope = i end\n"
+        "end\n"
+        "local R, T, D, M, X = {}, {}, {}, {}, {}\n"
+        "for i = 1, ns do\n"
+        "  local rpm, tpm, tpd = tonumber(ARGV[5 * i - 1]), tonumber(ARGV[5 * i]), tonumber(ARGV[5 "
+        "* i + 1])\n"
+        "  local tpmo, conc = tonumber(ARGV[5 * i + 2]), tonumber(ARGV[5 * i + 3])\n"
+        "  local h = redis.call('HMGET', KEYS[2 * i - 1], 'r', 'rt', 't', 'tt', 'd', 'dw', 'm', "
+        "'mw', 'x')\n"
+        "  X[i] = tonumber(h[9]) == day\n"
+        "  if rpm > 0 then\n"
+        "    local lvl, ts = tonumber(h[1]), tonumber(h[2])\n"
+        "    if lvl == nil or ts == nil then lvl = rpm else lvl = min(rpm, lvl + max(0, now - ts) "
+        "* rpm / 60000) end\n"
+        "    R[i] = lvl\n"
+        "    if lvl < 1 then deny('requests', ceil((1 - lvl) * 60000 / rpm), false, 'rpm', i) end\n"
+        "  end\n"
+        "  if tpm > 0 then\n"
+        "    local lvl, ts = tonumber(h[3]), tonumber(h[4])\n"
+        "    if lvl == nil or ts == nil then lvl = tpm else lvl = min(tpm, lvl + max(0, now - ts) "
+        "* tpm / 60000) end\n"
+        "    T[i] = lvl\n"
+        "    if n > tpm then deny('tokens', ceil((tpm - lvl) * 60000 / tpm), true, 'tpm', i)\n"
+        "    elseif lvl < n then deny('tokens', ceil((n - lvl) * 60000 / tpm), false, 'tpm', i) "
+        "end\n"
+        "  end\n"
+        "  if tpd > 0 then\n"
+        "    local v = (tonumber(h[6]) == day) and tonumber(h[5]) or 0\n"
+        "    D[i] = v\n"
+        "    if v + n > tpd then deny('tokens', (day + 1) * 86400000 - now, n > tpd, 'tpd', i) "
+        "end\n"
+        "  end\n"
+        "  if tpmo > 0 then\n"
+        "    local v = (tonumber(h[8]) == mon) and tonumber(h[7]) or 0\n"
+        "    M[i] = v\n"
+        "    if v + n > tpmo then deny('tokens', mend - now, n > tpmo, 'tpmo', i) end\n"
+        "  end\n"
+        "  if conc > 0 then\n"
+        "    redis.call('ZREMRANGEBYSCORE', KEYS[2 * i], '-inf', now)\n"
+        "    if redis.call('ZCARD', KEYS[2 * i]) >= conc then deny('requests', 1000, false, "
+        "'concurrency', i) end\n"
+        "  end\n"
+        "end\n"
+        "local rl, rrem, rres, tl, trem, tres, wl, wrem, wres = -1, -1, 0, -1, -1, 0, -1, -1, 0\n"
+        "for i = 1, ns do\n"
+        "  local rpm, tpm, tpd = tonumber(ARGV[5 * i - 1]), tonumber(ARGV[5 * i]), tonumber(ARGV[5 "
+        "* i + 1])\n"
+        "  local tpmo, conc = tonumber(ARGV[5 * i + 2]), tonumber(ARGV[5 * i + 3])\n"
+        "  local r, tk, d, m = R[i], T[i], D[i], M[i]\n"
+        "  if ok == 1 then\n"
+        "    local hk = KEYS[2 * i - 1]\n"
+        "    local a, na = {}, 0\n"
+        "    if r then r = r - 1; a[na + 1] = 'r'; a[na + 2] = r; a[na + 3] = 'rt'; a[na + 4] = "
+        "now; na = na + 4 end\n"
+        "    if tk then tk = tk - n; a[na + 1] = 't'; a[na + 2] = tk; a[na + 3] = 'tt'; a[na + 4] "
+        "= now; na = na + 4 end\n"
+        "    if d then d = d + n; a[na + 1] = 'd'; a[na + 2] = d; a[na + 3] = 'dw'; a[na + 4] = "
+        "day; na = na + 4 end\n"
+        "    if m then m = m + n; a[na + 1] = 'm'; a[na + 2] = m; a[na + 3] = 'mw'; a[na + 4] = "
+        "mon; na = na + 4 end\n"
+        "    if na > 0 then\n"
+        "      if not X[i] then a[na + 1] = 'x'; a[na + 2] = day; na = na + 2 end\n"
+        "      redis.call('HSET', hk, unpack(a))\n"
+        "      if not X[i] then redis.call('PEXPIRE', hk, QTTL) end\n"
+        "    end\n"
+        "    if conc > 0 then\n"
+        "      redis.call('ZADD', KEYS[2 * i], now + lease, member)\n"
+        "      redis.call('PEXPIRE', KEYS[2 * i], lease + 60000)\n"
+        "    end\n"
+        "  end\n"
+        "  if r then\n"
+        "    local rem = max(0, floor(r))\n"
+        "    if rrem < 0 or rem < rrem then rl, rrem, rres = rpm, rem, ceil((rpm - r) * 60000 / "
+        "rpm) end\n"
+        "  end\n"
+        "  if tk then\n"
+        "    local rem = max(0, floor(tk))\n"
+        "    if trem < 0 or rem < trem then tl, trem, tres = tpm, rem, ceil((tpm - tk) * 60000 / "
+        "tpm) end\n"
+        "  end\n"
+        "  if d then\n"
+        "    local rem = max(0, tpd - d)\n"
+        "    if wrem < 0 or rem < wrem then wl, wrem, wres = tpd, rem, (day + 1) * 86400000 - now "
+        "end\n"
+        "  end\n"
+        "  if m then\n"
+        "    local rem = max(0, tpmo - m)\n"
+        "    if wrem < 0 or rem < wrem then wl, wrem, wres = tpmo, rem, mend - now end\n"
+        "  end\n"
+        "end\n"
+        "if tl < 0 then tl, trem, tres = wl, wrem, wres end\n"
+        "return {ok, kind, floor(retry), rl, rrem, floor(rres), tl, trem, floor(tres), day, mon, "
+        "big, what, scope}\n"};
 
-struct redis_script script_settle = {
-    .src = LUA_TIME LUA_QUOTA_TTL
-    "local ns = tonumber(ARGV[6])\n"
-    "if not redis.call('SET', KEYS[2 * ns + 2], '1', 'NX', 'EX', 604800) then return 0 end\n"
-    "local now = now_ms()\n"
-    "local day = math.floor(now / 86400000)\n"
-    "local mon = month_of(day)\n"
-    "local member, reserved, actual = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-    "local rday, rmon = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
-    "for i = 1, ns do\n"
-    "  local hk, tpm = KEYS[2 * i - 1], tonumber(ARGV[6 + i])\n"
-    "  redis.call('ZREM', KEYS[2 * i], member)\n"
-    "  local h = redis.call('HMGET', hk, 't', 'tt', 'd', 'dw', 'm', 'mw')\n"
-    "  local a = {}\n"
-    "  local lvl, ts = tonumber(h[1]), tonumber(h[2])\n"
-    "  if tpm > 0 then\n"
-    "    if lvl == nil or ts == nil then lvl = tpm\n"
-    "    else lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60000) end\n"
-    "  end\n"
-    "  if reserved > 0 then\n"
-    /* Reserved on Redis: refund (or charge) the difference in the windows it was taken from. */
-    "    local delta = reserved - actual\n"
-    "    if delta ~= 0 then\n"
-    "      if tpm > 0 and h[1] then\n"
-    "        a[#a+1] = 't'; a[#a+1] = math.min(tpm, lvl + delta); a[#a+1] = 'tt'; a[#a+1] = now\n"
-    "      end\n"
-    "      if h[3] and tonumber(h[4]) == rday then\n"
-    "        a[#a+1] = 'd'; a[#a+1] = math.max(0, tonumber(h[3]) - delta)\n"
-    "      end\n"
-    "      if h[5] and tonumber(h[6]) == rmon then\n"
-    "        a[#a+1] = 'm'; a[#a+1] = math.max(0, tonumber(h[5]) - delta)\n"
-    "      end\n"
-    "    end\n"
-    "  elseif actual > 0 then\n"
-    /* Nothing was reserved (fail-open, replayed spool): charge the whole usage now. */
-    "    if tpm > 0 then a[#a+1] = 't'; a[#a+1] = lvl - actual; a[#a+1] = 'tt'; a[#a+1] = now end\n"
-    "    local d = (tonumber(h[4]) == day) and (tonumber(h[3]) or 0) or 0\n"
-    "    a[#a+1] = 'd'; a[#a+1] = d + actual; a[#a+1] = 'dw'; a[#a+1] = day\n"
-    "    local m = (tonumber(h[6]) == mon) and (tonumber(h[5]) or 0) or 0\n"
-    "    a[#a+1] = 'm'; a[#a+1] = m + actual; a[#a+1] = 'mw'; a[#a+1] = mon\n"
-    "  end\n"
-    "  if #a > 0 then\n"
-    "    redis.call('HSET', hk, unpack(a))\n"
-    "    redis.call('PEXPIRE', hk, QTTL)\n"
-    "  end\n"
+/* The settle of one usage record, on KEYS[ko + 1 ..] and ARGV[ao + 1 .. ao + na]
+ * (the single-record layout documented in scripts.h). The dedup key lives an
+ * hour: a record whose reply was lost is replayed from the spool within
+ * seconds of Redis returning (or at the next start), and an hour of marks is
+ * ~100 bytes per request. Aggregate fields are incremented only when non-zero,
+ * and the aggregate's TTL set when its first field appears. */
+#define LUA_SETTLE                                                                                 \
+    LUA_TIME                                                                                       \
+    "local QTTL, DEDUP_S = 35 * 86400000, 3600\n"                                                  \
+    "local now = now_ms()\n"                                                                       \
+    "local day = math.floor(now / 86400000)\n"                                                     \
+    "\n"                                                                                           \
+    "local function settle(ko, ao, na)\n"                                                          \
+    "  local ns = tonumber(ARGV[ao + 6])\n"                                                        \
+    "  if not redis.call('SET', KEYS[ko + 2 * ns + 2], '1', 'NX', 'EX', DEDUP_S) then return 0 "   \
+    "end\n"                                                                                        \
+    "  local member, reserved, actual = ARGV[ao + 1], tonumber(ARGV[ao + 2]), tonumber(ARGV[ao + " \
+    "3])\n"                                                                                        \
+    "  local rday, rmon = tonumber(ARGV[ao + 4]), tonumber(ARGV[ao + 5])\n"                        \
+    "  for i = 1, ns do\n"                                                                         \
+    "    local hk, tpm = KEYS[ko + 2 * i - 1], tonumber(ARGV[ao + 6 + i])\n"                       \
+    "    redis.call('ZREM', KEYS[ko + 2 * i], member)\n"                                           \
+    "    local h = redis.call('HMGET', hk, 't', 'tt', 'd', 'dw', 'm', 'mw', 'x')\n"                \
+    "    local a, n = {}, 0\n"                                                                     \
+    "    local lvl, ts = tonumber(h[1]), tonumber(h[2])\n"                                         \
+    "    if tpm > 0 then\n"                                                                        \
+    "      if lvl == nil or ts == nil then lvl = tpm\n"                                            \
+    "      else lvl = math.min(tpm, lvl + math.max(0, now - ts) * tpm / 60000) end\n"              \
+    "    end\n"                                                                                    \
+    "    if reserved > 0 then\n"                                                                   \
+    "      local delta = reserved - actual\n"                                                      \
+    "      if delta ~= 0 then\n"                                                                   \
+    "        if tpm > 0 and h[1] then\n"                                                           \
+    "          a[n + 1] = 't'; a[n + 2] = math.min(tpm, lvl + delta); a[n + 3] = 'tt'; a[n + 4] "  \
+    "= now\n"                                                                                      \
+    "          n = n + 4\n"                                                                        \
+    "        end\n"                                                                                \
+    "        if h[3] and tonumber(h[4]) == rday then\n"                                            \
+    "          a[n + 1] = 'd'; a[n + 2] = math.max(0, tonumber(h[3]) - delta); n = n + 2\n"        \
+    "        end\n"                                                                                \
+    "        if h[5] and tonumber(h[6]) == rmon then\n"                                            \
+    "          a[n + 1] = 'm'; a[n + 2] = math.max(0, tonumber(h[5]) - delta); n = n + 2\n"        \
+    "        end\n"                                                                                \
+    "      end\n"                                                                                  \
+    "    elseif actual > 0 then\n"                                                                 \
+    "      if tpm > 0 then a[n + 1] = 't'; a[n + 2] = lvl - actual; a[n + 3] = 'tt'; a[n + 4] = "  \
+    "now; n = n + 4 end\n"                                                                         \
+    "      local d = (tonumber(h[4]) == day) and (tonumber(h[3]) or 0) or 0\n"                     \
+    "      local mon = month_of(day)\n"                                                            \
+    "      local m = (tonumber(h[6]) == mon) and (tonumber(h[5]) or 0) or 0\n"                     \
+    "      a[n + 1] = 'd'; a[n + 2] = d + actual; a[n + 3] = 'dw'; a[n + 4] = day\n"               \
+    "      a[n + 5] = 'm'; a[n + 6] = m + actual; a[n + 7] = 'mw'; a[n + 8] = mon\n"               \
+    "      n = n + 8\n"                                                                            \
+    "    end\n"                                                                                    \
+    "    if n > 0 then\n"                                                                          \
+    "      local fresh = tonumber(h[7]) ~= day\n"                                                  \
+    "      if fresh then a[n + 1] = 'x'; a[n + 2] = day end\n"                                     \
+    "      redis.call('HSET', hk, unpack(a))\n"                                                    \
+    "      if fresh then redis.call('PEXPIRE', hk, QTTL) end\n"                                    \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  local b = ao + 6 + ns\n"                                                                    \
+    "  local rec, n = {}, 0\n"                                                                     \
+    "  for i = b + 9, ao + na do n = n + 1; rec[n] = ARGV[i] end\n"                                \
+    "  redis.call('XADD', KEYS[ko + 2 * ns + 1], 'MAXLEN', '~', ARGV[b + 1], '*', unpack(rec))\n"  \
+    "  local agg, f = KEYS[ko + 2 * ns + 3], ARGV[b + 3]\n"                                        \
+    "  if redis.call('HINCRBY', agg, f .. 'requests', 1) == 1 then\n"                              \
+    "    redis.call('EXPIRE', agg, tonumber(ARGV[b + 2]))\n"                                       \
+    "  end\n"                                                                                      \
+    "  local M = {'prompt_tokens', 'completion_tokens', 'cached_tokens', 'cost_microusd', "        \
+    "'errors'}\n"                                                                                  \
+    "  for j = 1, 5 do\n"                                                                          \
+    "    local v = tonumber(ARGV[b + 3 + j])\n"                                                    \
+    "    if v ~= 0 then redis.call('HINCRBY', agg, f .. M[j], v) end\n"                            \
+    "  end\n"                                                                                      \
+    "  return 1\n"                                                                                 \
     "end\n"
-    "local b = 6 + ns\n"
-    "local rec = {}\n"
-    "for i = b + 9, #ARGV do rec[#rec + 1] = ARGV[i] end\n"
-    "redis.call('XADD', KEYS[2 * ns + 1], 'MAXLEN', '~', ARGV[b + 1], '*', unpack(rec))\n"
-    "local agg, f = KEYS[2 * ns + 3], ARGV[b + 3]\n"
-    "redis.call('HINCRBY', agg, f .. 'requests', 1)\n"
-    "redis.call('HINCRBY', agg, f .. 'prompt_tokens', tonumber(ARGV[b + 4]))\n"
-    "redis.call('HINCRBY', agg, f .. 'completion_tokens', tonumber(ARGV[b + 5]))\n"
-    "redis.call('HINCRBY', agg, f .. 'cached_tokens', tonumber(ARGV[b + 6]))\n"
-    "redis.call('HINCRBY', agg, f .. 'cost_microusd', tonumber(ARGV[b + 7]))\n"
-    "redis.call('HINCRBY', agg, f .. 'errors', tonumber(ARGV[b + 8]))\n"
-    "redis.call('EXPIRE', agg, tonumber(ARGV[b + 2]))\n"
-    "return 1\n"};
+
+struct redis_script script_settle = {.src = LUA_SETTLE "return settle(0, 0, #ARGV)\n"};
+
+/* ARGV[1] = m records, ARGV[2j], ARGV[2j+1] = keys and args of record j, then
+ * every record's keys (KEYS) and args (ARGV), in order. Returns how many were
+ * settled (not seen before). */
+struct redis_script script_settle_batch = {
+    .src = LUA_SETTLE "local m, ko, ao, done = tonumber(ARGV[1]), 0, 0, 0\n"
+                      "ao = 1 + 2 * m\n"
+                      "for j = 1, m do\n"
+                      "  local nk, na = tonumber(ARGV[2 * j]), tonumber(ARGV[2 * j + 1])\n"
+                      "  done = done + settle(ko, ao, na)\n"
+                      "  ko, ao = ko + nk, ao + na\n"
+                      "end\n"
+                      "return done\n"};
 
 struct redis_script script_key_lookup = {
     .src = "local k = redis.call('HGETALL', KEYS[1])\n"
@@ -437,6 +495,7 @@ void scripts_init(void)
 {
     redis_script_init(&script_reserve);
     redis_script_init(&script_settle);
+    redis_script_init(&script_settle_batch);
     redis_script_init(&script_key_lookup);
     redis_script_init(&script_admin);
     redis_script_init(&script_usage_report);

@@ -10,6 +10,7 @@
  * tokens, lease_ms, then per scope rpm, tpm, tpd, tpmo, conc (0 = no limit).
  * Returns {ok, kind, retry_ms, req_limit, req_remaining, req_reset_ms,
  * tok_limit, tok_remaining, tok_reset_ms, day, month, too_large, window, scope}
+ * (month is -1 when no scope has a monthly limit)
  * (window: rpm|tpm|tpd|tpmo|concurrency; scope: 1-based index). */
 extern struct redis_script script_reserve;
 /* Settle: charges real usage, refunds the rest, frees the concurrency slot and
@@ -18,6 +19,11 @@ extern struct redis_script script_reserve;
  * (one hash per tenant and UTC day); ARGV: see quota.c. Returns 1, or 0 when
  * the member was settled before. */
 extern struct redis_script script_settle;
+/* Several settles in one call (quota.c batches a worker's records for up to
+ * SETTLE_BATCH_MS): ARGV[1] = m, then m pairs (keys, args) of counts, then the
+ * records' KEYS and ARGV one after the other, each in the single layout.
+ * Returns the number settled. */
+extern struct redis_script script_settle_batch;
 /* Key lookup: KEYS[1] = key:{sha}; ARGV[1] = prefix. Returns a flat field/value
  * list of the key, then "tenant.*" fields of its tenant; empty when unknown. */
 extern struct redis_script script_key_lookup;

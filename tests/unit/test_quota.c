@@ -488,6 +488,80 @@ static void test_lua_concurrency_and_settle(void **state)
     assert_true(hget("q:{t}:a", "t") < 41);
 }
 
+/* Several settles in one call: the same records settle as one by one, a record
+ * already settled (in an earlier call or earlier in the batch) counts once, and
+ * the bucket TTL is set although no PEXPIRE runs per request. */
+static void test_lua_settle_batch(void **state)
+{
+    (void)state;
+    flush();
+    const unsigned lim[2][5] = {{0, 100, 0, 0, 2}};
+    struct resv v1 = reserve("b1", 30, 1, lim), v2 = reserve("b2", 30, 1, lim);
+    assert_int_equal(v1.ok, 1);
+    assert_int_equal(v2.ok, 1);
+    assert_int_equal(v1.mon, -1); /* no monthly limit: the month is not computed */
+    redisReply *r = redisCommand(rc, "PTTL q:{t}:a");
+    assert_true(r->integer > 34LL * 86400000 && r->integer <= 35LL * 86400000);
+    freeReplyObject(r);
+    char b[2][5][32], seen[2][64];
+    const char *member[2] = {"b1", "b2"};
+    const long actual[2] = {10, 20};
+    for (int i = 0; i < 2; i++) {
+        snprintf(b[i][0], 32, "%d", 30);
+        snprintf(b[i][1], 32, "%ld", actual[i]);
+        snprintf(b[i][2], 32, "%ld", v1.day);
+        snprintf(b[i][3], 32, "%ld", v1.mon);
+        snprintf(b[i][4], 32, "%u", 100u);
+        snprintf(seen[i], sizeof seen[i], "usage:{t}:seen:%s", member[i]);
+    }
+    /* records b1, b2, b1 again: 5 keys and 19 args each */
+    const int order[3] = {0, 1, 0};
+    const char *a[3 + 7 + 3 * 5 + 3 * 19];
+    int k = 0;
+    a[k++] = "EVAL";
+    a[k++] = script_settle_batch.src;
+    a[k++] = "15";
+    for (int j = 0; j < 3; j++) {
+        const int i = order[j];
+        const char *keys[] = {"q:{t}:a", "q:{t}:a:c", "usage", seen[i], "usage:{t}:19700101"};
+        for (int x = 0; x < 5; x++)
+            a[k++] = keys[x];
+    }
+    a[k++] = "3";
+    for (int j = 0; j < 3; j++) {
+        a[k++] = "5";
+        a[k++] = "19";
+    }
+    for (int j = 0; j < 3; j++) {
+        const int i = order[j];
+        const char *args[] = {member[i],    b[i][0], b[i][1],    b[i][2],  b[i][3],
+                              "1",          b[i][4], "1000",     "86400",  "key_x|m|",
+                              "5",          b[i][1], "0",        "0",      "0",
+                              "request_id", "r",     "usage_id", member[i]};
+        for (int x = 0; x < 19; x++)
+            a[k++] = args[x];
+    }
+    r = cmdv(k, a);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(r->integer, 2);
+    freeReplyObject(r);
+    /* 100 - 60 reserved + 20 + 10 refunded (plus a little refill) */
+    double t = hget("q:{t}:a", "t");
+    assert_true(t >= 70 && t < 71);
+    r = redisCommand(rc, "ZCARD q:{t}:a:c");
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    r = redisCommand(rc, "XLEN usage");
+    assert_int_equal(r->integer, 2);
+    freeReplyObject(r);
+    assert_int_equal(hget("usage:{t}:19700101", "key_x|m|requests"), 2);
+    assert_int_equal(hget("usage:{t}:19700101", "key_x|m|completion_tokens"), 30);
+    assert_true(hget("usage:{t}:19700101", "key_x|m|cached_tokens") < 0); /* 0: not written */
+    r = redisCommand(rc, "TTL usage:{t}:19700101");
+    assert_int_equal(r->integer, 86400);
+    freeReplyObject(r);
+}
+
 int main(void)
 {
     scripts_init();
@@ -511,6 +585,7 @@ int main(void)
         cmocka_unit_test(test_lua_refill_and_reset),
         cmocka_unit_test(test_lua_calendar_windows),
         cmocka_unit_test(test_lua_concurrency_and_settle),
+        cmocka_unit_test(test_lua_settle_batch),
     };
     int rc2 = cmocka_run_group_tests_name("lua", lua, redis_setup, redis_teardown);
     return rc1 || rc2;
