@@ -165,6 +165,6 @@ int prompt_template_init(struct chat_template *ct, const struct tokenizer *t, co
     if (chat_template_init(ct, tokenizer_chat_template(t), name, bos, eos, err, errlen) == 0)
         return 0;
     if (name) return -1;
-    snprintf(note, notelen, "%s; using ChatML (pick one with --chat-template)", err);
+    snprintf(note, notelen, "%s; using ChatML", err);
     return chat_template_init(ct, NULL, "chatml", bos, eos, err, errlen);
 }
