@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "common/jsonc.h"
+#include "gateway/localtok.h"
 #include "routing/policy.h"
 
 _Static_assert(sizeof(enum log_level) == sizeof(int), "enum options are stored as int");
@@ -141,7 +142,9 @@ static const struct option provider_options[] = {
      .def_num = 1,
      .doc = "`local`: start llmgate-engine as a supervised child (restarted with backoff)"},
     ROW_STRING("model_dir", P(model_dir), NULL, 1, 4096, NULL, 0,
-               "`local`: the engine's Hugging Face model directory (required with autostart)"),
+               "`local`: the engine's Hugging Face model directory (required with autostart); "
+               "when set, quotas count prompt tokens exactly with its tokenizer instead of "
+               "estimating, so set it for an engine the gateway does not start too"),
     ROW_STRING("engine_bin", P(engine_bin), NULL, 1, 4096, NULL, 0,
                "`local`: engine binary (default: llmgate-engine next to llmgate)"),
     ROW_STRING("served_model", P(served_model), NULL, 1, 256, NULL, 0,
@@ -740,6 +743,8 @@ static void free_provider(struct provider_conf *p)
     free_strings(provider_options, N_PROVIDER_OPTIONS, p);
     secure_free(p->api_key);
     p->api_key = NULL;
+    localtok_release(p->tok);
+    p->tok = NULL;
 }
 
 static void free_model(struct model_conf *m)

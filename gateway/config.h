@@ -17,7 +17,8 @@
  * HTTP on a unix socket, optionally started and supervised by the gateway). */
 enum provider_kind { PROVIDER_OPENAI, PROVIDER_LOCAL, PROVIDER_AZURE_OPENAI, PROVIDER_ANTHROPIC };
 
-struct policy; /* routing/policy.h */
+struct policy;   /* routing/policy.h */
+struct localtok; /* gateway/localtok.h */
 
 /* What quotas do while Redis is unreachable (gateway/quota.c). */
 enum quota_on_redis_error { QUOTA_FAIL_OPEN, QUOTA_FAIL_CLOSED };
@@ -41,6 +42,8 @@ struct provider_conf {
     char *chat_template; /* --chat-template override, or NULL */
     unsigned engine_threads, kv_blocks, max_batch_tokens; /* 0 = the engine's defaults */
     unsigned max_wait_ms;    /* --max-wait-ms: 429 engine_overloaded bound; 0 = none */
+    struct localtok *tok;    /* kind "local" with model_dir: the engine's tokenizer for exact
+                                prompt counts (localtok_attach, one reference), or NULL */
     char *api_version;       /* kind "azure_openai": the api-version query parameter */
     char *anthropic_version; /* kind "anthropic": the anthropic-version header */
 };

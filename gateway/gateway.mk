@@ -16,12 +16,13 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/scripts.c gateway/scripts.h \
 	gateway/keys.c gateway/keys.h \
 	gateway/quota.c gateway/quota.h \
+	gateway/localtok.c gateway/localtok.h \
 	gateway/usage.c gateway/usage.h \
 	gateway/admin.c gateway/admin.h \
 	gateway/cli.c gateway/cli.h \
 	gateway/supervisor.c gateway/supervisor.h
 libllmgate_gateway_a_CFLAGS = $(AM_CFLAGS) $(HIREDIS_CFLAGS) $(LIBEVENT_CFLAGS) $(LIBCURL_CFLAGS) $(CJSON_CFLAGS) $(OPENSSL_CFLAGS)
-GATEWAY_LIBS = libllmgate_gateway.a $(ROUTING_LIBS) $(CACHE_LIBS) $(COMMON_LIBS) $(LIBEVENT_LIBS) $(OPENSSL_LIBS)
+GATEWAY_LIBS = libllmgate_gateway.a $(ENGINE_LIBS) $(ROUTING_LIBS) $(CACHE_LIBS) $(COMMON_LIBS) $(LIBEVENT_LIBS) $(OPENSSL_LIBS)
 
 bin_PROGRAMS += llmgate
 llmgate_SOURCES = gateway/main.c

@@ -21,6 +21,7 @@
 #include "gateway/accesslog.h"
 #include "gateway/cli.h"
 #include "gateway/config.h"
+#include "gateway/localtok.h"
 #include "gateway/scripts.h"
 #include "gateway/supervisor.h"
 #include "gateway/worker.h"
@@ -61,7 +62,8 @@ static void usage(FILE *out)
         "SIGTERM/SIGINT stop accepting, drain in-flight requests, and exit 0.\n");
 }
 
-/* The whole snapshot: the config file, then the policies it names, compiled against it. */
+/* The whole snapshot: the config file, then the policies it names, compiled against it,
+ * and the local engines' tokenizers for exact prompt counts (never a reason to refuse it). */
 static int load_snapshot(const char *path, struct config **out, char *err, size_t errlen)
 {
     if (config_load(path, out, err, errlen) != 0) return -1;
@@ -70,6 +72,7 @@ static int load_snapshot(const char *path, struct config **out, char *err, size_
         *out = NULL;
         return -1;
     }
+    localtok_attach(*out);
     return 0;
 }
 

@@ -31,6 +31,11 @@ TESTS += tests/unit/test_quota
 tests_unit_test_quota_SOURCES = tests/unit/test_quota.c
 tests_unit_test_quota_CFLAGS = $(UNIT_CFLAGS) $(HIREDIS_CFLAGS)
 tests_unit_test_quota_LDADD = $(UNIT_LIBS)
+check_PROGRAMS += tests/unit/test_localtok
+TESTS += tests/unit/test_localtok
+tests_unit_test_localtok_SOURCES = tests/unit/test_localtok.c
+tests_unit_test_localtok_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_test_localtok_LDADD = $(UNIT_LIBS)
 
 # routing/: policies, breakers and budgets, the Anthropic adapter.
 check_PROGRAMS += tests/unit/test_policy tests/unit/test_breaker tests/unit/test_anthropic
