@@ -510,6 +510,12 @@ enum stage_rc quota_reserve(struct request *r)
                : r->key->max_tokens   ? (long)r->key->max_tokens
                                       : (long)cfg->default_max_tokens;
     r->quota.tokens = quota_estimate(&r->oai, cap, &r->quota.prompt_est);
+    /* A local engine whose tokenizer is loaded: its own prompt count instead of the estimate. */
+    long exact;
+    if (r->target.provider && localtok_count(r->target.provider->tok, &r->oai, &exact) == 0) {
+        r->quota.tokens += exact - r->quota.prompt_est;
+        r->quota.prompt_est = exact;
+    }
     new_member(r->quota.member);
     adjust_upstream_body(r, cap);
 
