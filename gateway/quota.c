@@ -206,12 +206,15 @@ struct local_scope {
     struct local_scope *next;
 };
 
-/* Settles wait up to SETTLE_BATCH_MS (or until SETTLE_BATCH_MAX are queued) and
- * go to Redis as one script call: per request that saves a round trip, an
- * EVALSHA set-up and a wake-up of Redis, which is most of its cost. Refunds
- * and freed concurrency slots land that much later. */
+/* Settles are queued and sent at the next turn of the event loop (or when
+ * SETTLE_BATCH_MAX are queued) as one script call: every request that finished
+ * in one loop turn shares a round trip, an EVALSHA set-up and a wake-up of
+ * Redis. They leave no later than a lone settle did before (hiredis also writes
+ * on the next turn), so refunds and freed slots reach Redis as early as ever
+ * for the next request on any worker. */
+#ifndef SETTLE_BATCH_MAX
 #define SETTLE_BATCH_MAX 64
-#define SETTLE_BATCH_MS  2
+#endif
 
 struct settle_ctx;
 
@@ -739,8 +742,7 @@ void quota_settle(struct request *r)
     if (q->n_batch == SETTLE_BATCH_MAX) {
         quota_flush(q);
     } else if (q->n_batch == 1 && q->batch_timer) {
-        struct timeval tv = {.tv_sec = 0, .tv_usec = SETTLE_BATCH_MS * 1000};
-        evtimer_add(q->batch_timer, &tv);
+        event_active(q->batch_timer, EV_TIMEOUT, 0); /* after this turn's other events */
     }
 }
 

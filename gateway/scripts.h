@@ -19,8 +19,8 @@ extern struct redis_script script_reserve;
  * (one hash per tenant and UTC day); ARGV: see quota.c. Returns 1, or 0 when
  * the member was settled before. */
 extern struct redis_script script_settle;
-/* Several settles in one call (quota.c batches a worker's records for up to
- * SETTLE_BATCH_MS): ARGV[1] = m, then m pairs (keys, args) of counts, then the
+/* Several settles in one call (quota.c sends the records a worker finished in
+ * one event-loop turn together): ARGV[1] = m, then m pairs (keys, args) of counts, then the
  * records' KEYS and ARGV one after the other, each in the single layout.
  * Returns the number settled. */
 extern struct redis_script script_settle_batch;
