@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 #include <event2/event.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,74 @@
 #include "gateway/scripts.h"
 #include "gateway/usage.h"
 #include "gateway/worker.h"
+
+/* ---------------------------------------------------------------- metrics */
+
+/* Process-wide, relaxed atomics: workers add, /metrics reads. The histogram
+ * is the reserve round trip as the worker sees it (send to reply handled). */
+static const double reserve_le_s[] = {0.00005, 0.0001, 0.0002, 0.0005, 0.001,
+                                      0.002,   0.005,  0.01,   0.05};
+#define N_LE (sizeof reserve_le_s / sizeof reserve_le_s[0])
+static struct {
+    _Atomic unsigned long long buckets[N_LE + 1], sum_us, count;
+    _Atomic unsigned long long denied, local_admits, unavailable, settles, settle_calls, spooled;
+} qm;
+
+static void count(_Atomic unsigned long long *c, unsigned long long n)
+{
+    atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+static void observe_reserve(uint64_t us)
+{
+    size_t b = 0;
+    while (b < N_LE && (double)us > reserve_le_s[b] * 1e6)
+        b++;
+    count(&qm.buckets[b], 1);
+    count(&qm.sum_us, us);
+    count(&qm.count, 1);
+}
+
+static void metric(struct evbuffer *out, const char *name, const char *help,
+                   _Atomic unsigned long long *v)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+                        atomic_load_explicit(v, memory_order_relaxed));
+}
+
+void quota_metrics_write(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# HELP llmgate_quota_reserve_seconds Reserve script round trip "
+                             "(Redis and the network, as a worker sees it).\n"
+                             "# TYPE llmgate_quota_reserve_seconds histogram\n");
+    unsigned long long cum = 0;
+    for (size_t b = 0; b <= N_LE; b++) {
+        cum += atomic_load_explicit(&qm.buckets[b], memory_order_relaxed);
+        if (b < N_LE)
+            evbuffer_add_printf(out, "llmgate_quota_reserve_seconds_bucket{le=\"%g\"} %llu\n",
+                                reserve_le_s[b], cum);
+        else
+            evbuffer_add_printf(out, "llmgate_quota_reserve_seconds_bucket{le=\"+Inf\"} %llu\n",
+                                cum);
+    }
+    evbuffer_add_printf(out, "llmgate_quota_reserve_seconds_sum %.6f\n",
+                        (double)atomic_load_explicit(&qm.sum_us, memory_order_relaxed) / 1e6);
+    evbuffer_add_printf(out, "llmgate_quota_reserve_seconds_count %llu\n",
+                        atomic_load_explicit(&qm.count, memory_order_relaxed));
+    metric(out, "llmgate_quota_denied_total", "Requests refused with 429 by a quota.", &qm.denied);
+    metric(out, "llmgate_quota_local_admits_total",
+           "Requests admitted by the local fail-open limiter while Redis was unreachable.",
+           &qm.local_admits);
+    metric(out, "llmgate_quota_unavailable_total",
+           "Requests refused with 503 (fail_closed) while Redis was unreachable.", &qm.unavailable);
+    metric(out, "llmgate_usage_records_total", "Usage records settled or spooled.", &qm.settles);
+    metric(out, "llmgate_usage_settle_calls_total",
+           "Settle script calls (each carries the records of one event-loop turn).",
+           &qm.settle_calls);
+    metric(out, "llmgate_usage_spooled_total",
+           "Usage records written to the local spool because Redis did not take them.",
+           &qm.spooled);
+}
 
 #define PROMPT_OVERHEAD   8 /* tokens per request for roles/framing in the estimate */
 #define LOCAL_BUCKETS     1024
@@ -177,6 +246,7 @@ void quota_add_headers(struct request *r)
 static enum stage_rc reply_429(struct request *r, const char *kind, const char *window,
                                long retry_ms, bool too_large)
 {
+    count(&qm.denied, 1);
     quota_add_headers(r);
     struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
     char v[32], d[32];
@@ -323,6 +393,7 @@ static enum stage_rc local_admit(struct request *r, const struct quota_scope *sc
         if (sc[i].l.conc) ls[i]->conc++;
     }
     r->quota.local = true;
+    count(&qm.local_admits, 1);
     return STAGE_NEXT;
 }
 
@@ -341,9 +412,11 @@ static void local_release(struct request *r, const struct quota_scope *sc, int n
 
 static enum stage_rc redis_down(struct request *r, const struct quota_scope *sc, int ns)
 {
-    if (r->cfg->on_redis_error == QUOTA_FAIL_CLOSED)
+    if (r->cfg->on_redis_error == QUOTA_FAIL_CLOSED) {
+        count(&qm.unavailable, 1);
         return request_fail(r, 503, "server_error", "quota_unavailable", NULL, "%s",
                             "Quota accounting is unavailable; retry shortly.");
+    }
     return local_admit(r, sc, ns);
 }
 
@@ -373,6 +446,7 @@ static bool recheck_after_settles(struct request *r);
 static void on_reserve(const struct redisReply *reply, void *ud)
 {
     struct request *r = ud;
+    if (reply) observe_reserve(util_now_us() - r->quota.sent_us);
     if (r->finished) {
         request_release(r);
         return;
@@ -481,6 +555,7 @@ static int send_reserve(struct request *r, const struct quota_scope *sc, int ns)
         }
     }
     request_hold(r);
+    r->quota.sent_us = util_now_us();
     if (redis_eval(r->w->redis, &script_reserve, on_reserve, r, 2 * ns, keys, kl, na, args, al) !=
         0) {
         request_release(r);
@@ -547,6 +622,7 @@ static void settle_free(struct settle_ctx *s)
 
 static void spool(struct settle_ctx *s)
 {
+    count(&qm.spooled, 1);
     if (usage_spool_append(s->cfg->usage_spool, s->nk, s->argv, s->lens, s->na, s->argv + s->nk,
                            s->lens + s->nk) != 0)
         log_error("usage", "cannot append to the usage spool %s: a usage record is lost",
@@ -738,6 +814,7 @@ void quota_settle(struct request *r)
         }
         return;
     }
+    count(&qm.settles, 1);
     q->batch[q->n_batch++] = s;
     if (q->n_batch == SETTLE_BATCH_MAX) {
         quota_flush(q);
@@ -803,6 +880,7 @@ void quota_flush(struct quota_worker *q)
         }
         rc = redis_eval(q->w->redis, &script_settle_batch, on_settle_batch, c, nk, v, l, na, v + nk,
                         l + nk);
+        if (rc == 0) count(&qm.settle_calls, 1);
     }
     free(v);
     free(l);

@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <event2/buffer.h>
+
 #include <cjson/cJSON.h>
 
 #include "gateway/keys.h"
@@ -58,6 +60,8 @@ void quota_add_headers(struct request *r);
 struct quota_worker *quota_worker_new(struct worker *w);
 /* Spools settles still queued (never sent); run after redis_free. */
 void quota_worker_free(struct quota_worker *q);
+/* Appends the quota and usage metrics (Prometheus text) to out. */
+void quota_metrics_write(struct evbuffer *out);
 /* Sends the queued settles now (one script call); a no-op when none are queued. */
 void quota_flush(struct quota_worker *q);
 

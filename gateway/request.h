@@ -49,6 +49,7 @@ struct request_quota {
     bool local;        /* admitted by the local fail-open limiter instead */
     bool have_headers; /* the x-ratelimit-* values below are known */
     bool rechecked;    /* a refusal was re-checked after this worker's queued settles */
+    uint64_t sent_us;  /* when the reserve script went out (util_now_us) */
     long tokens;       /* reserved: estimated prompt + completion cap */
     long prompt_est;   /* estimated prompt tokens */
     long day, month;   /* calendar windows the reservation was taken in */

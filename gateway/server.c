@@ -19,6 +19,7 @@
 #include "gateway/auth.h"
 #include "gateway/cachestage.h"
 #include "gateway/health.h"
+#include "gateway/quota.h"
 #include "gateway/request.h"
 #include "gateway/routing_admin.h"
 
@@ -195,6 +196,7 @@ static void handle_metrics(struct worker *w, struct evhttp_request *req, const c
     struct evbuffer *b = evbuffer_new();
     if (b) routing_admin_metrics(b);
     if (b) cachestage_metrics_write(b);
+    if (b) quota_metrics_write(b);
     server_common_headers(req, rid, w->draining);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_remove_header(h, "Content-Type");

@@ -172,6 +172,37 @@ def test_tenant_limit_spans_keys(gw):
     assert ok == 3
 
 
+def quota_metrics(gw):
+    out = {}
+    for line in httpx.get(gw.url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(("llmgate_quota_", "llmgate_usage_")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_quota_metrics(gw):
+    """/metrics counts reserves (a histogram of their round trip), refusals and records."""
+    before = quota_metrics(gw)
+    k = make_key(gw, "metrics-t", limits={"rpm": 2})
+    c = gw.client(key=k["key"])
+    for _ in range(2):
+        c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+    with pytest.raises(openai.RateLimitError):
+        c.chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+    wait_until(lambda: quota_metrics(gw)["llmgate_usage_records_total"]
+               >= before["llmgate_usage_records_total"] + 3, "usage records counted")
+    after = quota_metrics(gw)
+    n = 'llmgate_quota_reserve_seconds_count'
+    assert after[n] - before[n] >= 3
+    inf = 'llmgate_quota_reserve_seconds_bucket{le="+Inf"}'
+    assert after[inf] == after[n]  # cumulative buckets end at the count
+    assert after['llmgate_quota_reserve_seconds_bucket{le="5e-05"}'] <= after[inf]
+    assert after["llmgate_quota_reserve_seconds_sum"] > before["llmgate_quota_reserve_seconds_sum"]
+    assert after["llmgate_quota_denied_total"] - before["llmgate_quota_denied_total"] == 1
+    assert after["llmgate_usage_settle_calls_total"] > before["llmgate_usage_settle_calls_total"]
+
+
 def test_stream_usage_metered_and_stripped(gw, mock, redis_server):
     k = make_key(gw, "streams", limits={"tpm": 100000})
     with httpx.stream("POST", gw.url + "/v1/chat/completions",
