@@ -95,6 +95,15 @@ before=$(redis-cli -p "$REDIS_PORT" xlen llmgate:usage)
 
 csv=$tmp/quota.csv
 echo "target,round,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us" >"$csv"
+# sum, count, <=100 µs, <=200 µs, <=500 µs of the quota gateway's reserve histogram
+reserve_metrics() {
+    curl -s "$quota_url/metrics" | awk '/^llmgate_quota_reserve_seconds_sum/ { s = $2 }
+        /^llmgate_quota_reserve_seconds_count/ { c = $2 }
+        /^llmgate_quota_reserve_seconds_bucket\{le="0.0001"\}/ { a = $2 }
+        /^llmgate_quota_reserve_seconds_bucket\{le="0.0002"\}/ { b = $2 }
+        /^llmgate_quota_reserve_seconds_bucket\{le="0.0005"\}/ { d = $2 }
+        END { print s, c, a, b, d }'
+}
 run_one() { # target round run
     local t=$1 n=$2 r=$3 url=${1}_url key=$STATIC_KEY line
     [ "$t" = quota ] && key=$TENANT_KEY
@@ -103,7 +112,9 @@ run_one() { # target round run
         --label "$t-$r-$n" --quiet)
     if [ "$r" = saturation ]; then args+=(--rate 0 --connections "$CONNS")
     else args+=(--rate "$RATE" --connections "$OPEN_CONNS"); fi
+    [ "$t,$r" = quota,fixed ] && reserve_metrics >"$tmp/m.before"
     line=$("${pin_client[@]}" "$LOADGEN" "${args[@]}")
+    [ "$t,$r" = quota,fixed ] && reserve_metrics | paste -d' ' "$tmp/m.before" - >>"$tmp/m.fixed"
     echo "$t,$n,$r,$line" >>"$csv"
     log "$t,$n,$r,$line"
 }
@@ -114,6 +125,25 @@ for n in $(seq "$ROUNDS"); do
     done
 done
 after=$(redis-cli -p "$REDIS_PORT" xlen llmgate:usage)
+# The reserve round trip as the quota gateway's worker saw it during the fixed-rate
+# runs, and the settle batching achieved over the whole run, from its /metrics.
+reserve_rtt=$(awk '{ s += $6 - $1; c += $7 - $2; a += $8 - $3; b += $9 - $4; d += $10 - $5 }
+    END { if (c > 0) printf "mean %.0f µs; %.0f %% within 100 µs, %.0f %% within 200 µs, %.0f %% within 500 µs (%d reserves)",
+        s / c * 1e6, a / c * 100, b / c * 100, d / c * 100, c }' "$tmp/m.fixed")
+batching=$(curl -s "$quota_url/metrics" | awk '/^llmgate_usage_records_total/ { r = $2 }
+    /^llmgate_usage_settle_calls_total/ { c = $2 }
+    END { if (c > 0) printf "%.1f records per settle call", r / c }')
+# Loopback PING round trips to this Redis from its own CPU and from the other one:
+# the price of a cross-vCPU wake-up on this machine.
+ping_rtt() { # CPU -> p50 ms
+    taskset -c "$1" redis-benchmark -p "$REDIS_PORT" -n 20000 -c 1 --csv -t ping_mbulk 2>/dev/null |
+        tail -1 | cut -d, -f3 | tr -d '"'
+}
+ping_same= ping_cross=
+if [ "$PIN" = 1 ] && command -v redis-benchmark >/dev/null; then
+    ping_same=$(ping_rtt 0)
+    ping_cross=$(ping_rtt 1)
+fi
 # Redis's own time per call (server side), to tell script cost from scheduling delay.
 cmdstats=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
     awk -F'[:,=]' '/^cmdstat_(evalsha|eval|hgetall|xadd)/ { printf "%s calls=%s usec_per_call=%s; ", $1, $3, $7 }')
@@ -143,6 +173,9 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROU
     echo "- Usage records written during the quota runs (warmups included): $((after - before));"
     echo "  measured successful quota requests: $quota_ok."
     echo "- Redis server-side cost (INFO commandstats): ${cmdstats:-n/a}"
+    echo "- Reserve round trip seen by the quota gateway at $RATE req/s (llmgate_quota_reserve_seconds):"
+    echo "  ${reserve_rtt:-n/a}; settles over the whole run: ${batching:-n/a}."
+    [ -n "$ping_same" ] && echo "- Loopback PING p50 to this Redis (redis-benchmark, 1 client): ${ping_same} ms from its own CPU, ${ping_cross} ms from the other CPU."
     echo
     echo "| target | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | errors |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
