@@ -7,7 +7,10 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -137,6 +140,11 @@ static struct conn *conn_get(struct worker *w, struct evhttp_request *req, bool 
     c->w = w;
     c->evcon = evcon;
     c->fd = fd;
+    /* Answers and stream events leave as soon as they are written: without this,
+     * Nagle holds a small write (an SSE event, a reply after a partial write)
+     * until the client ACKs the previous one, which a delayed ACK makes 40 ms. */
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (event_base_get_features(w->base) & EV_FEATURE_EARLY_CLOSE)
         c->peer_closed = event_new(w->base, fd, EV_CLOSED, on_peer_closed, c);
     w->conns[fd] = c;
