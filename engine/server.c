@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/net.h"
 #include "engine/mkmodel.h"
+#include "engine/prompt.h"
 #include "engine/server.h"
 
 struct options {
@@ -268,20 +269,13 @@ int main(int argc, char **argv)
         goto out;
     }
     if (srv.model->notes[0]) log_info("engine", "%s", srv.model->notes);
-    if (chat_template_init(&srv.tmpl, tokenizer_chat_template(srv.tok), o.chat_template,
-                           tokenizer_bos_text(srv.tok), tokenizer_eos_text(srv.tok), err,
-                           sizeof err) != 0) {
-        if (o.chat_template) {
-            log_error("engine", "%s", err);
-            goto out;
-        }
-        log_warn("engine", "%s; using ChatML (pick one with --chat-template)", err);
-        if (chat_template_init(&srv.tmpl, NULL, "chatml", tokenizer_bos_text(srv.tok),
-                               tokenizer_eos_text(srv.tok), err, sizeof err) != 0) {
-            log_error("engine", "%s", err);
-            goto out;
-        }
+    char tnote[320];
+    if (prompt_template_init(&srv.tmpl, srv.tok, o.chat_template, tnote, sizeof tnote, err,
+                             sizeof err) != 0) {
+        log_error("engine", "%s", err);
+        goto out;
     }
+    if (tnote[0]) log_warn("engine", "%s (pick one with --chat-template)", tnote);
     struct backend_params bp = {.n_threads = o.threads,
                                 .block_size = o.block_size,
                                 .n_blocks = o.kv_blocks,

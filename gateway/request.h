@@ -51,7 +51,8 @@ struct request_quota {
     bool rechecked;    /* a refusal was re-checked after this worker's queued settles */
     uint64_t sent_us;  /* when the reserve script went out (util_now_us) */
     long tokens;       /* reserved: estimated prompt + completion cap */
-    long prompt_est;   /* estimated prompt tokens */
+    long prompt_est;   /* prompt tokens reserved: the engine's exact count for a local target with
+                        * a loaded tokenizer, else the estimate */
     long day, month;   /* calendar windows the reservation was taken in */
     long req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms;
     char member[40]; /* unique per request: concurrency slot and usage dedup id */

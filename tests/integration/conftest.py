@@ -159,6 +159,15 @@ def tmp_mod(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def model_dir(tmp_mod):
+    """A tiny random-weight Qwen2-shaped model made by `llmgate-engine mkmodel`."""
+    d = tmp_mod / "tiny-model"
+    subprocess.run([str(BUILDDIR / "llmgate-engine"), "mkmodel", "--preset", "qwen2-tiny",
+                    "--out", str(d)], check=True, capture_output=True)
+    return d
+
+
+@pytest.fixture(scope="module")
 def mock(tmp_mod):
     m = Mock(tmp_mod)
     yield m

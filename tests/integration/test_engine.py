@@ -4,7 +4,6 @@ the tests check shapes, determinism, accounting, cancellation and overload refus
 import os
 import re
 import signal
-import subprocess
 import threading
 
 import httpx
@@ -59,13 +58,6 @@ class Engine:
         rc = self.proc.stop()
         assert rc == 0, f"engine exited {rc}:\n{self.proc.output()[-4000:]}"
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_mod):
-    d = tmp_mod / "srv-model"
-    subprocess.run([str(ENGINE), "mkmodel", "--preset", "qwen2-tiny", "--out", str(d)],
-                   check=True, capture_output=True)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ while the mock, a remote provider, still reserves the chars/4 estimate.
 """
 import math
 import signal
-import subprocess
 import uuid
 
 import httpx
@@ -29,13 +28,6 @@ pytestmark = pytest.mark.skipif(not ENGINE.exists(), reason="llmgate-engine not 
 MSGS = [{"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Count the tokens of this sentence exactly, please!"}]
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_mod):
-    d = tmp_mod / "lt-model"
-    subprocess.run([str(ENGINE), "mkmodel", "--preset", "qwen2-tiny", "--out", str(d)],
-                   check=True, capture_output=True)
-    return d
 
 
 @pytest.fixture(scope="module")
