@@ -73,6 +73,7 @@ static const char *const log_level_names[] = {"debug", "info", "warn", "error", 
 static const char *const provider_kind_names[] = {"openai", "local", "azure_openai", "anthropic",
                                                   NULL};
 static const char *const on_redis_error_names[] = {"fail_open", "fail_closed", NULL};
+static const char *const abandoned_names[] = {"finish", "cancel", NULL};
 
 static int validate_address(struct parse_ctx *ctx, const cJSON *item, const char *name,
                             void *field);
@@ -230,6 +231,10 @@ static const struct option config_options[] = {
     ROW_ENUM("quota.on_redis_error", C(on_redis_error), QUOTA_FAIL_OPEN, on_redis_error_names,
              "Redis unreachable: `fail_open` enforces a local per-worker limiter, `fail_closed` "
              "answers 503"),
+    ROW_ENUM("quota.abandoned", C(abandoned), QUOTA_ABANDONED_FINISH, abandoned_names,
+             "a non-streaming request with a tenant key whose client leaves: `finish` lets the "
+             "upstream answer (bounded by the reservation and the provider's timeouts) and charges "
+             "its usage; `cancel` stops it and charges the prompt only"),
     ROW_UINT("quota.default_max_tokens", C(default_max_tokens), 4096, 1, 16777216,
              "completion tokens reserved, and sent upstream as `max_tokens`, when a request "
              "sets none (a key's `max_tokens` overrides)"),

@@ -22,6 +22,7 @@ struct localtok; /* gateway/localtok.h */
 
 /* What quotas do while Redis is unreachable (gateway/quota.c). */
 enum quota_on_redis_error { QUOTA_FAIL_OPEN, QUOTA_FAIL_CLOSED };
+enum quota_abandoned { QUOTA_ABANDONED_FINISH, QUOTA_ABANDONED_CANCEL };
 
 /* One entry of "providers". */
 struct provider_conf {
@@ -85,9 +86,10 @@ struct config {
     unsigned redis_timeout_ms; /* per-command timeout of the async clients */
 
     /* tenant keys, quotas, metering and the admin API (keys.c, quota.c, usage.c, admin.c) */
-    bool redis_keys;               /* look up tenant keys in Redis after the static list */
-    unsigned key_cache_ttl_ms;     /* per-worker key cache lifetime */
-    int on_redis_error;            /* enum quota_on_redis_error */
+    bool redis_keys;           /* look up tenant keys in Redis after the static list */
+    unsigned key_cache_ttl_ms; /* per-worker key cache lifetime */
+    int on_redis_error;        /* enum quota_on_redis_error */
+    int abandoned; /* enum quota_abandoned: a metered buffered request whose client left */
     unsigned default_max_tokens;   /* completion cap reserved (and sent) when a request has none */
     unsigned quota_lease_ms;       /* a concurrency slot is freed after this even without settle */
     char *usage_spool;             /* local spool file for usage records while Redis is down */

@@ -798,6 +798,22 @@ static void on_ttft(evutil_socket_t fd, short what, void *arg)
     on_up_done(r, UPSTREAM_ERR_TIMEOUT_FIRST_BYTE, "no first token in time");
 }
 
+/* The answer to a request whose client left (request_client_gone): its usage
+ * is the charge; nothing is sent, retried or cached. */
+static void finish_orphan(struct request *r, enum upstream_result res, int pf)
+{
+    if (res == UPSTREAM_OK && pf < 0 && r->up_status == 200) {
+        size_t len = evbuffer_get_length(r->body);
+        cJSON *doc =
+            len ? cJSON_ParseWithLength((const char *)evbuffer_pullup(r->body, -1), len) : NULL;
+        if (cJSON_IsObject(doc)) quota_usage_from_body(r, doc);
+        cJSON_Delete(doc);
+    }
+    log_debug("request", "%s: metered the answer of a client that left (%s)", r->id,
+              upstream_result_str(res));
+    request_end(r);
+}
+
 static void on_up_done(void *ud, enum upstream_result res, const char *detail)
 {
     struct request *r = ud;
@@ -806,6 +822,10 @@ static void on_up_done(void *ud, enum upstream_result res, const char *detail)
     if (r->ttft_timer) evtimer_del(r->ttft_timer);
     int pf = classify_outcome(r, res);
     record_outcome(r, pf);
+    if (r->orphan) {
+        finish_orphan(r, res, pf);
+        return;
+    }
     if (pf >= 0 && r->state != RS_STREAMING && failover(r, pf, res, detail)) return;
     if (pf >= 0 && r->state == RS_STREAMING) atomic_fetch_add(&routing_metrics.stream_errors, 1);
     /* Foreign error bodies reach the client in OpenAI's shape. */

@@ -286,10 +286,21 @@ struct evhttp_request *request_evreq(const struct request *r)
     return r->req;
 }
 
+/* Whether r, whose client left, should keep its upstream exchange to meter
+ * what the upstream generates: a tenant-key request answered as one body (a
+ * stream is charged by what was relayed), still waiting for that body, and not
+ * being torn down with its worker. */
+static bool keep_for_metering(const struct request *r, enum client_gone how)
+{
+    return how != GONE_EVHTTP_FREES && r->key && !r->oai.stream && r->xfer && !relay_started(r) &&
+           r->cfg->abandoned == QUOTA_ABANDONED_FINISH && !r->w->draining;
+}
+
 void request_client_gone(struct request *r, enum client_gone how)
 {
     log_debug("request", "%s: client went away", r->id);
-    relay_cancel(r);
+    bool keep = keep_for_metering(r, how);
+    if (!keep) relay_cancel(r);
     r->error = "client_closed";
     r->status = 499; /* nginx's "client closed request", for the log */
     if (how == GONE_PEER_CLOSED) {
@@ -306,5 +317,16 @@ void request_client_gone(struct request *r, enum client_gone how)
          * complete exactly once, which frees it. */
         evhttp_send_reply_end(r->req);
     }
-    request_end(r);
+    if (!keep) {
+        request_end(r);
+        return;
+    }
+    /* The upstream's answer ends it (relay.c): charged, recorded, sent nowhere. */
+    r->orphan = true;
+    r->req = NULL;
+    if (r->conn) {
+        if (r->watching) conn_unwatch(r->conn);
+        r->conn->active = NULL;
+        r->conn = NULL;
+    }
 }

@@ -129,6 +129,10 @@ struct request {
     /* response cache (gateway/cachestage.c); NULL when the cache was not consulted */
     struct cachestage_req *rc;
 
+    /* the client left a metered buffered request: the upstream runs on only to
+     * meter what it generated (quota.abandoned = finish); r->req is gone */
+    bool orphan;
+
     /* outcome, for the access log */
     int status;
     const char *error; /* short code */

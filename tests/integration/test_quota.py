@@ -203,6 +203,43 @@ def test_quota_metrics(gw):
     assert after["llmgate_usage_settle_calls_total"] > before["llmgate_usage_settle_calls_total"]
 
 
+def test_abandoned_request_is_metered(gw, mock, redis_server, tmp_mod):
+    """A buffered request whose client leaves is charged what the upstream generated:
+    the upstream answers for nobody (quota.abandoned = finish, the default), or, with
+    `cancel`, is stopped and only the prompt is charged."""
+    k = make_key(gw, "abandon", limits={"tpm": 100000})
+    cancelled = mock.stats()["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gw.url + "/v1/chat/completions", timeout=0.3, headers={
+            "Authorization": f"Bearer {k['key']}", "x-mock-latency-ms": "800",
+            "x-mock-tokens": "7"}, json={"model": "mock-model", "messages": MSGS, "max_tokens": 50})
+
+    def mine():
+        return [x for x in records(redis_server) if x["key_id"] == k["id"]]
+    wait_until(lambda: len(mine()) == 1, "the abandoned request's usage record")
+    rec = mine()[0]
+    assert rec["status"] == "499" and rec["error"] == "client_closed"
+    assert rec["completion_tokens"] == "7" and rec["estimated"] == "0"
+    assert mock.stats()["cancelled"] == cancelled  # the upstream was let finish
+
+    g = Gateway(tmp_mod, mock.url, name="gwq-cancel", extra_conf=quota_conf(
+        redis_server, tmp_mod / "spool-cancel", quota={"abandoned": "cancel"}))
+    try:
+        k2 = make_key(g, "abandon-cancel", limits={"tpm": 100000})
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(g.url + "/v1/chat/completions", timeout=0.3, headers={
+                "Authorization": f"Bearer {k2['key']}", "x-mock-latency-ms": "800",
+                "x-mock-tokens": "7"}, json={"model": "mock-model", "messages": MSGS,
+                                             "max_tokens": 50})
+        wait_until(lambda: mock.stats()["cancelled"] > cancelled, "the upstream cancelled")
+        wait_until(lambda: any(x["key_id"] == k2["id"] for x in records(redis_server)),
+                   "the cancelled request's usage record")
+        rec = next(x for x in records(redis_server) if x["key_id"] == k2["id"])
+        assert rec["status"] == "499" and rec["completion_tokens"] == "0"
+    finally:
+        g.proc.stop()
+
+
 def test_stream_usage_metered_and_stripped(gw, mock, redis_server):
     k = make_key(gw, "streams", limits={"tpm": 100000})
     with httpx.stream("POST", gw.url + "/v1/chat/completions",
