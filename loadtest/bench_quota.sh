@@ -14,6 +14,10 @@
 # env:   BENCH_SECONDS (5) BENCH_WARMUP (1) BENCH_RATE (1000) BENCH_ROUNDS (3)
 #        BENCH_CONNECTIONS (32, saturation) BENCH_OPEN_CONNECTIONS (64, fixed rate)
 #        BENCH_PIN (1: loadgen on CPU 0, servers on CPU 1) BENCH_OUTDIR (loadtest/results)
+#        BENCH_REDIS_CPU (server: Redis on CPU 1 with the gateway and the mock, a
+#        co-located Redis, and the loadgen alone on CPU 0, polling for arrivals
+#        (--spin-us) so its own timer wake-ups stay out of the latency; client: Redis
+#        on CPU 0 beside the loadgen, which then sleeps on timers)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +30,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 CONNS=${BENCH_CONNECTIONS:-32}
 OPEN_CONNS=${BENCH_OPEN_CONNECTIONS:-64}
 PIN=${BENCH_PIN:-1}
+REDIS_CPU=${BENCH_REDIS_CPU:-server}
 OUTDIR=${BENCH_OUTDIR:-$here/results}
 STATIC_KEY=bench-static-key-not-secret-0123456789
 
@@ -38,7 +43,16 @@ done
 command -v redis-server >/dev/null || { echo "bench_quota: redis-server not installed" >&2; exit 2; }
 
 . "$(dirname "$0")/lib.sh"
-bench_setup bench_quota "loadgen and Redis pinned to CPU 0 (Redis stands in for a separate host), mock and llmgate share CPU 1 (taskset)"
+case $REDIS_CPU in
+server) note="loadgen alone on CPU 0 (polling for arrivals, --spin-us $((2000000 / RATE + 1))); Redis, the mock and llmgate share CPU 1 (taskset)" ;;
+client) note="loadgen and Redis on CPU 0, the mock and llmgate on CPU 1 (taskset)" ;;
+*) echo "bench_quota: BENCH_REDIS_CPU must be server or client" >&2; exit 2 ;;
+esac
+bench_setup bench_quota "$note"
+spin=0
+[ "$REDIS_CPU" = server ] && [ "$PIN" = 1 ] && spin=$((2000000 / RATE + 1))
+pin_redis=("${pin_server[@]}")
+[ "$REDIS_CPU" = client ] && pin_redis=("${pin_client[@]}")
 
 # ---- mock and Redis ---------------------------------------------------------------
 "${pin_server[@]}" "$MOCK" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet \
@@ -50,7 +64,7 @@ MOCK_PORT=$(cat "$tmp/mock.port")
 wait_up "$mock_pid" "http://127.0.0.1:$MOCK_PORT/mock/stats" || { log "mock not answering"; exit 1; }
 
 REDIS_PORT=$(free_port)
-"${pin_client[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+"${pin_redis[@]+"${pin_redis[@]}"}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --loglevel warning >"$tmp/redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -111,7 +125,7 @@ run_one() { # target round run
         --header "Authorization: Bearer $key" --duration "$SECS" --warmup "$WARMUP"
         --label "$t-$r-$n" --quiet)
     if [ "$r" = saturation ]; then args+=(--rate 0 --connections "$CONNS")
-    else args+=(--rate "$RATE" --connections "$OPEN_CONNS"); fi
+    else args+=(--rate "$RATE" --connections "$OPEN_CONNS" --spin-us "$spin"); fi
     [ "$t,$r" = quota,fixed ] && reserve_metrics >"$tmp/m.before"
     line=$("${pin_client[@]}" "$LOADGEN" "${args[@]}")
     [ "$t,$r" = quota,fixed ] && reserve_metrics | paste -d' ' "$tmp/m.before" - >>"$tmp/m.fixed"
@@ -141,8 +155,8 @@ ping_rtt() { # CPU -> p50 ms
 }
 ping_same= ping_cross=
 if [ "$PIN" = 1 ] && command -v redis-benchmark >/dev/null; then
-    ping_same=$(ping_rtt 0)
-    ping_cross=$(ping_rtt 1)
+    if [ "$REDIS_CPU" = client ]; then ping_same=$(ping_rtt 0) ping_cross=$(ping_rtt 1)
+    else ping_same=$(ping_rtt 1) ping_cross=$(ping_rtt 0); fi
 fi
 # Redis's own time per call (server side), to tell script cost from scheduling delay.
 cmdstats=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
@@ -153,7 +167,7 @@ quota_ok=$(awk -F, '$1 == "quota" { s += $9 } END { print s }' "$csv")
 mkdir -p "$OUTDIR"
 cp "$csv" "$OUTDIR/quota.csv"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' || true)
-cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNS BENCH_OPEN_CONNECTIONS=$OPEN_CONNS BENCH_PIN=$PIN loadtest/bench_quota.sh $BUILDDIR"
+cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNS BENCH_OPEN_CONNECTIONS=$OPEN_CONNS BENCH_PIN=$PIN BENCH_REDIS_CPU=$REDIS_CPU loadtest/bench_quota.sh $BUILDDIR"
 {
     echo "# Tenant keys + quotas: added latency and throughput"
     echo
