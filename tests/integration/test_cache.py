@@ -369,9 +369,11 @@ def test_corrupt_entry_is_a_miss_and_deleted(gw_redis_only, mock, redis_server):
         r = ask(gw, m, key=k)
         assert r.status_code == 200 and r.headers["x-llmgate-cache"] == "miss"
         assert r.json()["choices"][0]["message"]["content"]
-        # deleted, then stored again by the refreshing request
-        wait_until(lambda: (redis_server.cmd("GET", key) or "").startswith("LGRC\x01\x00"),
-                   "a valid entry again")
+        # deleted, then stored again by the refreshing request (the second garbage
+        # value has a valid entry's prefix itself: wait for a value that is not it)
+        bad = garbage.decode(errors="replace")
+        wait_until(lambda: (lambda v: v != bad and v.startswith("LGRC\x01\x00"))(
+            redis_server.cmd("GET", key) or ""), "a valid entry again")
     assert ask(gw, m, key=k).headers["x-llmgate-cache"] == "hit"
     text = httpx.get(gw.url + "/metrics", timeout=5).text
 
