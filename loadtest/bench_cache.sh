@@ -113,39 +113,16 @@ stream_bytes=$(wc -c <"$tmp/stream.sse")
 # ---- nginx serving the same bytes -------------------------------------------------
 NGINX_PORT=$(free_port)
 d=$tmp/nginx
-mkdir -p "$d/logs" "$d/www"
+mkdir -p "$d/www"
 cp "$tmp/plain.json" "$d/www/plain.json"
 cp "$tmp/stream.sse" "$d/www/stream.sse"
-user=
-[ "$(id -u)" = 0 ] && user="user root;"
-cat >"$d/nginx.conf" <<EOF
-$user
-worker_processes 1;
-daemon off;
-master_process on;
-pid $d/nginx.pid;
-error_log $d/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $d/body;
-    proxy_temp_path $d/proxy;
-    fastcgi_temp_path $d/fastcgi;
-    uwsgi_temp_path $d/uwsgi;
-    scgi_temp_path $d/scgi;
-    keepalive_requests 100000000;
-    types { application/json json; text/event-stream sse; }
+# POST to a static file is 405 in nginx; answer it with the file instead.
+nginx_start "$d" "    types { application/json json; text/event-stream sse; }
     server {
         listen 127.0.0.1:$NGINX_PORT;
         root $d/www;
-        # POST to a static file is 405 in nginx; answer it with the file instead.
         error_page 405 =200 \$uri;
-    }
-}
-EOF
-"${pin_server[@]}" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" 2>"$d/logs/stderr" &
-nginx_pid=$!
-pids+=("$nginx_pid")
+    }"
 NGINX_URL="http://127.0.0.1:$NGINX_PORT"
 wait_up "$nginx_pid" "$NGINX_URL/" || { cat "$d/logs/error.log" >&2; exit 1; }
 curl -s --max-time 5 -d "$body_plain" "$NGINX_URL/plain.json" | cmp -s - "$tmp/plain.json" ||

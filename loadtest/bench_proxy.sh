@@ -62,27 +62,9 @@ wait_up "$mock_pid" "http://127.0.0.1:$MOCK_PORT/mock/stats" || { log "mock not 
 target_pid=
 start_nginx() {
     command -v "$NGINX" >/dev/null || { log "nginx not installed"; return 1; }
-    local port d=$tmp/nginx user=
+    local port d=$tmp/nginx
     port=$(free_port)
-    mkdir -p "$d/logs"
-    [ "$(id -u)" = 0 ] && user="user root;"
-    cat >"$d/nginx.conf" <<EOF
-$user
-worker_processes 1;
-daemon off;
-master_process on;
-pid $d/nginx.pid;
-error_log $d/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $d/body;
-    proxy_temp_path $d/proxy;
-    fastcgi_temp_path $d/fastcgi;
-    uwsgi_temp_path $d/uwsgi;
-    scgi_temp_path $d/scgi;
-    keepalive_requests 100000000;
-    upstream mock {
+    nginx_start "$d" "    upstream mock {
         server 127.0.0.1:$MOCK_PORT;
         keepalive 64;
         keepalive_requests 100000000;
@@ -92,16 +74,11 @@ http {
         location / {
             proxy_pass http://mock;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
             proxy_buffering off;
         }
-    }
-}
-EOF
-    "${pin_server[@]}" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" \
-        2>"$d/logs/stderr" &
-    target_pid=$!
-    pids+=("$target_pid")
+    }"
+    target_pid=$nginx_pid
     target_url="http://127.0.0.1:$port"
     wait_up "$target_pid" "$target_url/" || { cat "$d/logs/error.log" "$d/logs/stderr" >&2; return 1; }
     target_version=$("$NGINX" -v 2>&1 | sed 's/.*: //')

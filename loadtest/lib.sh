@@ -47,3 +47,35 @@ wait_up() {
     done
     return 1
 }
+
+# nginx_start DIR INNER: a one-worker nginx ($NGINX) rooted in DIR on the server CPU,
+# logs and temp files under DIR; INNER is the rest of its http {} block (upstreams,
+# servers). Sets nginx_pid (also added to pids).
+nginx_start() {
+    local d=$1 inner=$2 user=
+    mkdir -p "$d/logs"
+    [ "$(id -u)" = 0 ] && user="user root;"
+    cat >"$d/nginx.conf" <<EOF
+$user
+worker_processes 1;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $d/body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
+    keepalive_requests 100000000;
+$inner
+}
+EOF
+    "${pin_server[@]}" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" \
+        2>"$d/logs/stderr" &
+    nginx_pid=$!
+    pids+=("$nginx_pid")
+}
