@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "gateway/relay.h"
+#include "gateway/server.h"
 #include "gateway/worker.h"
 #include "routing/policy.h"
 
@@ -980,8 +981,7 @@ void cachestage_worker_free(struct cachestage_worker *cw)
 static void counter(struct evbuffer *out, const char *name, const char *help,
                     _Atomic unsigned long long *v)
 {
-    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
-                        atomic_load(v));
+    server_metric_counter(out, name, help, atomic_load(v));
 }
 
 void cachestage_metrics_write(struct evbuffer *out)

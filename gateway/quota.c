@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "gateway/localtok.h"
 #include "gateway/scripts.h"
+#include "gateway/server.h"
 #include "gateway/usage.h"
 #include "gateway/worker.h"
 
@@ -53,8 +54,7 @@ static void observe_reserve(uint64_t us)
 static void metric(struct evbuffer *out, const char *name, const char *help,
                    _Atomic unsigned long long *v)
 {
-    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
-                        atomic_load_explicit(v, memory_order_relaxed));
+    server_metric_counter(out, name, help, atomic_load_explicit(v, memory_order_relaxed));
 }
 
 void quota_metrics_write(struct evbuffer *out)

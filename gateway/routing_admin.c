@@ -46,12 +46,6 @@ enum stage_rc routing_admin_policy(struct request *r)
     return STAGE_DONE;
 }
 
-static void counter(struct evbuffer *out, const char *name, const char *help, uint64_t v)
-{
-    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
-                        (unsigned long long)v);
-}
-
 /* Label values are provider and model names from validated config and policy files:
  * no quotes, backslashes or newlines can appear in them. */
 static void per_target(void *ud, const struct target_state *t)
@@ -73,27 +67,29 @@ static void per_target(void *ud, const struct target_state *t)
 void routing_admin_metrics(struct evbuffer *out)
 {
     struct routing_metrics *m = &routing_metrics;
-    counter(out, "llmgate_policy_reloads_total", "Successful configuration and policy reloads.",
-            atomic_load(&m->reloads_ok));
-    counter(out, "llmgate_policy_reload_failures_total",
-            "Rejected reloads (the previous policy kept serving).",
-            atomic_load(&m->reloads_failed));
-    counter(out, "llmgate_routed_requests_total", "Requests dispatched to a route.",
-            atomic_load(&m->requests));
-    counter(out, "llmgate_upstream_attempts_total", "Upstream attempts, retries included.",
-            atomic_load(&m->attempts));
-    counter(out, "llmgate_retries_total", "Attempts repeated on the same target.",
-            atomic_load(&m->retries));
-    counter(out, "llmgate_fallbacks_total", "Moves to the next target after a failure.",
-            atomic_load(&m->fallbacks));
-    counter(out, "llmgate_targets_skipped_open_total", "Targets skipped: circuit breaker open.",
-            atomic_load(&m->skipped_open));
-    counter(out, "llmgate_targets_skipped_cooldown_total",
-            "Targets skipped: cooling down after a 429.", atomic_load(&m->skipped_cool));
-    counter(out, "llmgate_no_target_total", "Requests with no usable target left.",
-            atomic_load(&m->no_target));
-    counter(out, "llmgate_stream_errors_total", "Streams ended with an error event.",
-            atomic_load(&m->stream_errors));
+    server_metric_counter(out, "llmgate_policy_reloads_total",
+                          "Successful configuration and policy reloads.",
+                          atomic_load(&m->reloads_ok));
+    server_metric_counter(out, "llmgate_policy_reload_failures_total",
+                          "Rejected reloads (the previous policy kept serving).",
+                          atomic_load(&m->reloads_failed));
+    server_metric_counter(out, "llmgate_routed_requests_total", "Requests dispatched to a route.",
+                          atomic_load(&m->requests));
+    server_metric_counter(out, "llmgate_upstream_attempts_total",
+                          "Upstream attempts, retries included.", atomic_load(&m->attempts));
+    server_metric_counter(out, "llmgate_retries_total", "Attempts repeated on the same target.",
+                          atomic_load(&m->retries));
+    server_metric_counter(out, "llmgate_fallbacks_total",
+                          "Moves to the next target after a failure.", atomic_load(&m->fallbacks));
+    server_metric_counter(out, "llmgate_targets_skipped_open_total",
+                          "Targets skipped: circuit breaker open.", atomic_load(&m->skipped_open));
+    server_metric_counter(out, "llmgate_targets_skipped_cooldown_total",
+                          "Targets skipped: cooling down after a 429.",
+                          atomic_load(&m->skipped_cool));
+    server_metric_counter(out, "llmgate_no_target_total", "Requests with no usable target left.",
+                          atomic_load(&m->no_target));
+    server_metric_counter(out, "llmgate_stream_errors_total", "Streams ended with an error event.",
+                          atomic_load(&m->stream_errors));
     evbuffer_add_printf(out, "# HELP llmgate_target_attempts_total Attempts per target.\n"
                              "# TYPE llmgate_target_attempts_total counter\n"
                              "# TYPE llmgate_target_failures_total counter\n"

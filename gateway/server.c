@@ -198,7 +198,14 @@ static void handle_readyz(struct worker *w, struct evhttp_request *req, const ch
                w->draining);
 }
 
-/* GET /metrics: Prometheus text (routing counters). */
+void server_metric_counter(struct evbuffer *out, const char *name, const char *help,
+                           unsigned long long v)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+                        v);
+}
+
+/* GET /metrics: Prometheus text (routing, cache and quota metrics). */
 static void handle_metrics(struct worker *w, struct evhttp_request *req, const char *rid)
 {
     struct evbuffer *b = evbuffer_new();

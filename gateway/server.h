@@ -9,6 +9,7 @@
 #include "gateway/openai.h"
 #include "gateway/worker.h"
 
+struct evbuffer;
 struct evhttp_request;
 struct evhttp_connection;
 struct request;
@@ -36,6 +37,9 @@ void server_reply_error(struct evhttp_request *req, const struct oai_error *e,
 const char *server_reason_phrase(int status);
 /* Adds the headers every response carries. */
 void server_common_headers(struct evhttp_request *req, const char *request_id, bool close_conn);
+/* Appends one Prometheus counter (HELP, TYPE and its value) to a /metrics body. */
+void server_metric_counter(struct evbuffer *out, const char *name, const char *help,
+                           unsigned long long v);
 
 /* Starts/stops watching the connection for a peer close while a request is active. */
 void conn_watch(struct conn *c, struct request *r);
