@@ -296,7 +296,7 @@ struct quota_worker {
     struct event *tick;
     struct settle_ctx *batch[SETTLE_BATCH_MAX]; /* queued settles, oldest first */
     int n_batch;
-    struct event *batch_timer;
+    struct event *flush_ev; /* activated to send the queue at the end of the loop turn */
 };
 
 static size_t name_hash(const char *s)
@@ -419,10 +419,6 @@ static enum stage_rc redis_down(struct request *r, const struct quota_scope *sc,
     }
     return local_admit(r, sc, ns);
 }
-
-struct reserve_ctx {
-    struct request *r;
-};
 
 static long reply_int(const redisReply *a, size_t i)
 {
@@ -629,16 +625,6 @@ static void spool(struct settle_ctx *s)
                   s->cfg->usage_spool);
 }
 
-static void on_settle(const struct redisReply *reply, void *ud)
-{
-    struct settle_ctx *s = ud;
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        if (reply) log_warn("usage", "settle script failed: %s; spooled", reply->str);
-        spool(s); /* replays are idempotent: the script dedups on the request's member */
-    }
-    settle_free(s);
-}
-
 #define MAX_SETTLE_ARGS 64
 #define SETTLE_STRBUF   4096
 
@@ -805,21 +791,13 @@ void quota_settle(struct request *r)
         p += b->len[i] + 1;
     }
     free(b);
-    struct quota_worker *q = r->w->quota;
-    if (!q) {
-        if (redis_eval(r->w->redis, &script_settle, on_settle, s, s->nk, s->argv, s->lens, s->na,
-                       s->argv + s->nk, s->lens + s->nk) != 0) {
-            spool(s);
-            settle_free(s);
-        }
-        return;
-    }
+    struct quota_worker *q = r->w->quota; /* every running worker has one */
     count(&qm.settles, 1);
     q->batch[q->n_batch++] = s;
     if (q->n_batch == SETTLE_BATCH_MAX) {
         quota_flush(q);
-    } else if (q->n_batch == 1 && q->batch_timer) {
-        event_active(q->batch_timer, EV_TIMEOUT, 0); /* after this turn's other events */
+    } else if (q->n_batch == 1) {
+        event_active(q->flush_ev, EV_TIMEOUT, 0); /* after this turn's other events */
     }
 }
 
@@ -846,7 +824,7 @@ static void on_settle_batch(const struct redisReply *reply, void *ud)
 void quota_flush(struct quota_worker *q)
 {
     if (!q || q->n_batch == 0) return;
-    if (q->batch_timer) evtimer_del(q->batch_timer);
+    if (q->flush_ev) evtimer_del(q->flush_ev);
     int n = q->n_batch, nk = 0, na = 1 + 2 * n;
     q->n_batch = 0;
     for (int i = 0; i < n; i++)
@@ -894,7 +872,7 @@ void quota_flush(struct quota_worker *q)
     }
 }
 
-static void on_batch_timer(evutil_socket_t fd, short what, void *arg)
+static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -916,8 +894,8 @@ struct quota_worker *quota_worker_new(struct worker *w)
     struct quota_worker *q = calloc(1, sizeof *q);
     if (!q) return NULL;
     q->w = w;
-    q->batch_timer = evtimer_new(w->base, on_batch_timer, q);
-    if (!q->batch_timer) {
+    q->flush_ev = evtimer_new(w->base, on_flush, q);
+    if (!q->flush_ev) {
         free(q);
         return NULL;
     }
@@ -944,7 +922,7 @@ void quota_worker_free(struct quota_worker *q)
         settle_free(q->batch[i]);
     }
     q->n_batch = 0;
-    if (q->batch_timer) event_free(q->batch_timer);
+    if (q->flush_ev) event_free(q->flush_ev);
     if (q->tick) event_free(q->tick);
     usage_replay_free(q->replay);
     local_clear(q);
