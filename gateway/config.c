@@ -240,6 +240,11 @@ static const struct option config_options[] = {
              "sets none (a key's `max_tokens` overrides)"),
     ROW_MS("quota.lease_ms", C(quota_lease_ms), 900000, 1000, 86400000,
            "a concurrency slot whose request never settled is freed after this"),
+    ROW_MS("quota.grant_ms", C(quota_grant_ms), 0, 0, 10000,
+           "0 reserves every request on Redis; above 0, a worker whose key sees steady traffic "
+           "takes up to this long's worth of its demand (at most 1/8 of a limit) from Redis at "
+           "once and admits from it without a round trip, giving back what is left after this "
+           "long (not for keys with a concurrency limit; see docs/DESIGN.md, admission grants)"),
     ROW_STRING("usage.spool_path", C(usage_spool), "llmgate-usage.spool", 1, 4096, NULL, 0,
                "usage records are appended here while Redis is down and replayed when it "
                "returns (one file per gateway process)"),

@@ -92,6 +92,7 @@ struct config {
     int abandoned; /* enum quota_abandoned: a metered buffered request whose client left */
     unsigned default_max_tokens;   /* completion cap reserved (and sent) when a request has none */
     unsigned quota_lease_ms;       /* a concurrency slot is freed after this even without settle */
+    unsigned quota_grant_ms;       /* admission grants: their life; 0 = off (gateway/grant.h) */
     char *usage_spool;             /* local spool file for usage records while Redis is down */
     unsigned usage_stream_maxlen;  /* approximate MAXLEN of the usage stream */
     unsigned usage_retention_days; /* lifetime of the daily usage aggregates */

@@ -18,6 +18,7 @@
 #include "cache/redis.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "gateway/grant.h"
 #include "gateway/localtok.h"
 #include "gateway/scripts.h"
 #include "gateway/server.h"
@@ -34,6 +35,7 @@ static const double reserve_le_s[] = {0.00005, 0.0001, 0.0002, 0.0005, 0.001,
 static struct {
     _Atomic unsigned long long buckets[N_LE + 1], sum_us, count;
     _Atomic unsigned long long denied, local_admits, unavailable, settles, settle_calls, spooled;
+    _Atomic unsigned long long grant_admits, grant_asks, grant_tokens, grant_returned;
 } qm;
 
 static void count(_Atomic unsigned long long *c, unsigned long long n)
@@ -86,6 +88,16 @@ void quota_metrics_write(struct evbuffer *out)
     metric(out, "llmgate_usage_settle_calls_total",
            "Settle script calls (each carries the records of one event-loop turn).",
            &qm.settle_calls);
+    metric(out, "llmgate_quota_grant_admits_total",
+           "Requests admitted from this worker's grant, without a Redis round trip.",
+           &qm.grant_admits);
+    metric(out, "llmgate_quota_grant_requests_total",
+           "Reserve script calls that asked for a grant (with a request or on their own).",
+           &qm.grant_asks);
+    metric(out, "llmgate_quota_grant_tokens_total", "Tokens granted to workers ahead of demand.",
+           &qm.grant_tokens);
+    metric(out, "llmgate_quota_grant_returned_tokens_total",
+           "Unspent granted tokens given back to Redis.", &qm.grant_returned);
     metric(out, "llmgate_usage_spooled_total",
            "Usage records written to the local spool because Redis did not take them.",
            &qm.spooled);
@@ -296,7 +308,10 @@ struct quota_worker {
     struct event *tick;
     struct settle_ctx *batch[SETTLE_BATCH_MAX]; /* queued settles, oldest first */
     int n_batch;
-    struct event *flush_ev; /* activated to send the queue at the end of the loop turn */
+    struct event *flush_ev;    /* activated to send the queue at the end of the loop turn */
+    struct grant_table grants; /* quota.grant_ms > 0 */
+    struct event *grant_ev;    /* sweeps expired grants back to Redis */
+    unsigned grant_ms;         /* the period the sweep runs at (the latest grant's) */
 };
 
 static size_t name_hash(const char *s)
@@ -408,7 +423,7 @@ static void local_release(struct request *r, const struct quota_scope *sc, int n
     }
 }
 
-/* ---------------------------------------------------------------- reserve */
+/* ---------------------------------------------------------------- Redis down, replies */
 
 static enum stage_rc redis_down(struct request *r, const struct quota_scope *sc, int ns)
 {
@@ -439,20 +454,228 @@ static const char *reply_str(const redisReply *a, size_t i, char *buf, size_t ca
 
 static bool recheck_after_settles(struct request *r);
 
+/* ---------------------------------------------------------------- grants */
+
+static void on_grant_returned(const struct redisReply *reply, void *ud)
+{
+    (void)ud;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        log_warn("quota", "a grant's unspent tokens could not be given back: %s",
+                 reply ? reply->str : "Redis unreachable");
+}
+
+/* grant_sweep's give_back: the unspent part goes back on Redis (fire and
+ * forget: when Redis cannot take it, those tokens stay charged until the
+ * windows roll, never more than one grant per class and worker). */
+static void give_back(void *ud, const struct grant *g)
+{
+    struct quota_worker *q = ud;
+    const char *keys[QUOTA_MAX_SCOPES], *args[4 + 2 * QUOTA_MAX_SCOPES];
+    size_t kl[QUOTA_MAX_SCOPES], al[4 + 2 * QUOTA_MAX_SCOPES];
+    char nums[4 + 2 * QUOTA_MAX_SCOPES][24];
+    long head[4] = {g->tokens, g->counts_requests ? g->requests : 0, g->day, g->month};
+    int na = 0;
+    for (int i = 0; i < 4; i++, na++)
+        al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%ld", head[i]);
+    for (int i = 0; i < g->ns; i++) {
+        keys[i] = g->sc[i].bucket;
+        kl[i] = strlen(g->sc[i].bucket);
+        al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%u", g->sc[i].l.rpm);
+        na++;
+        al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%u", g->sc[i].l.tpm);
+        na++;
+    }
+    for (int i = 0; i < na; i++)
+        args[i] = nums[i];
+    count(&qm.grant_returned, (unsigned long long)g->tokens);
+    if (redis_eval(q->w->redis, &script_grant_return, on_grant_returned, NULL, g->ns, keys, kl, na,
+                   args, al) != 0)
+        log_warn("quota", "a grant's unspent tokens could not be given back: %s",
+                 "Redis unreachable");
+}
+
+static void arm_grant_sweep(struct quota_worker *q, unsigned period_ms)
+{
+    q->grant_ms = period_ms;
+    if (!q->grant_ev || evtimer_pending(q->grant_ev, NULL)) return;
+    struct timeval tv = {.tv_sec = period_ms / 1000, .tv_usec = (period_ms % 1000) * 1000};
+    evtimer_add(q->grant_ev, &tv);
+}
+
+static void on_grant_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct quota_worker *q = arg;
+    grant_sweep(&q->grants, util_now_ms(), q->grant_ms, false, give_back, q);
+    if (q->grants.n) arm_grant_sweep(q, q->grant_ms);
+}
+
+void quota_return_grants(struct quota_worker *q)
+{
+    if (!q) return;
+    grant_sweep(&q->grants, util_now_ms(), q->grant_ms ? q->grant_ms : 1, true, give_back, q);
+}
+
+/* What a reserve reply granted, added to the class's grant. */
+static void take_grant(struct quota_worker *q, const struct quota_scope *sc, int ns,
+                       const redisReply *reply, unsigned period_ms)
+{
+    long gt = reply_int(reply, 14), gr = reply_int(reply, 15);
+    if (gt <= 0) return;
+    struct grant *g = grant_get(&q->grants, sc, ns, true);
+    if (!g) { /* table full: straight back */
+        struct grant tmp = {.ns = ns, .tokens = gt, .requests = gr, .counts_requests = gr > 0};
+        memcpy(tmp.sc, sc, (size_t)ns * sizeof *sc);
+        tmp.day = reply_int(reply, 9);
+        tmp.month = reply_int(reply, 10);
+        give_back(q, &tmp);
+        return;
+    }
+    long day = reply_int(reply, 9), month = reply_int(reply, 10);
+    if ((g->tokens > 0 || g->requests > 0) && (g->day != day || g->month != month)) {
+        give_back(q, g); /* taken in a window that has ended */
+        g->tokens = g->requests = 0;
+    }
+    struct grant_headers h = {reply_int(reply, 3), reply_int(reply, 4), reply_int(reply, 5),
+                              reply_int(reply, 6), reply_int(reply, 7), reply_int(reply, 8)};
+    grant_add(g, gt, gr, day, month, &h, util_now_ms(), period_ms);
+    count(&qm.grant_tokens, (unsigned long long)gt);
+    arm_grant_sweep(q, period_ms);
+}
+
+/* A grant request whose answer never came (Redis went away) blocks no later one
+ * for longer than this. */
+#define ASK_TIMEOUT_MS 1000
+
+/* A grant request on its own (the class's grant ran low): its class and period. */
+struct grant_ask {
+    struct quota_worker *q;
+    struct quota_scope sc[QUOTA_MAX_SCOPES];
+    int ns;
+    unsigned period_ms;
+};
+
+#define MAX_RESERVE_ARGS (6 + 5 * QUOTA_MAX_SCOPES)
+
+/* Sends the reserve script for scopes sc: `tokens` and `requests` (0 or 1) for
+ * a request, plus a grant of want_t/want_r. */
+static int send_script(struct redis *redis, const struct quota_scope *sc, int ns,
+                       const char *member, long tokens, long requests, long want_t, long want_r,
+                       unsigned lease_ms, redis_reply_cb cb, void *ud)
+{
+    const char *keys[2 * QUOTA_MAX_SCOPES], *args[MAX_RESERVE_ARGS];
+    size_t kl[2 * QUOTA_MAX_SCOPES], al[MAX_RESERVE_ARGS];
+    char nums[MAX_RESERVE_ARGS][24];
+    int na = 0;
+    for (int i = 0; i < ns; i++) {
+        keys[2 * i] = sc[i].bucket;
+        kl[2 * i] = strlen(sc[i].bucket);
+        keys[2 * i + 1] = sc[i].conc;
+        kl[2 * i + 1] = strlen(sc[i].conc);
+    }
+    args[na] = member;
+    al[na++] = strlen(member);
+    long head[5] = {tokens, (long)lease_ms, requests, want_t, want_r};
+    for (int i = 0; i < 5; i++) {
+        al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%ld", head[i]);
+        args[na] = nums[na];
+        na++;
+    }
+    for (int i = 0; i < ns; i++) {
+        const unsigned v[5] = {sc[i].l.rpm, sc[i].l.tpm, sc[i].l.tpd, sc[i].l.tpmo, sc[i].l.conc};
+        for (int j = 0; j < 5; j++) {
+            al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%u", v[j]);
+            args[na] = nums[na];
+            na++;
+        }
+    }
+    if (want_t > 0) count(&qm.grant_asks, 1);
+    return redis_eval(redis, &script_reserve, cb, ud, 2 * ns, keys, kl, na, args, al);
+}
+
+static void on_grant_ask(const struct redisReply *reply, void *ud)
+{
+    struct grant_ask *a = ud;
+    struct grant *g = grant_get(&a->q->grants, a->sc, a->ns, false);
+    if (g) g->asking_until_ms = 0;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 17)
+        take_grant(a->q, a->sc, a->ns, reply, a->period_ms);
+    free(a);
+}
+
+/* Tops up g in the background once it runs below half of what was asked. */
+static void top_up(struct quota_worker *q, struct grant *g, long need, unsigned period_ms)
+{
+    uint64_t now = util_now_ms();
+    if (grant_asking(g, now) || !grant_low(g)) return;
+    long want_t, want_r;
+    grant_want(g, need, &want_t, &want_r);
+    if (want_t <= 0) return;
+    struct grant_ask *a = malloc(sizeof *a);
+    if (!a) return;
+    a->q = q;
+    memcpy(a->sc, g->sc, (size_t)g->ns * sizeof *g->sc);
+    a->ns = g->ns;
+    a->period_ms = period_ms;
+    g->asked_t = want_t;
+    g->asked_r = want_r;
+    if (send_script(q->w->redis, g->sc, g->ns, "", 0, 0, want_t, want_r, 0, on_grant_ask, a) != 0) {
+        free(a);
+        return;
+    }
+    g->asking_until_ms = now + ASK_TIMEOUT_MS;
+}
+
+/* Admits r from its class's grant: no round trip. The request is reserved as
+ * far as settle is concerned (its tokens were debited on Redis with the grant). */
+static bool admit_from_grant(struct request *r, struct grant *g)
+{
+    struct quota_worker *q = r->w->quota;
+    uint64_t now = util_now_ms();
+    unsigned period = r->cfg->quota_grant_ms;
+    grant_demand(g, r->quota.tokens, now, period);
+    if (!grant_take(g, r->quota.tokens, now)) return false;
+    struct request_quota *rq = &r->quota;
+    struct grant_headers h;
+    grant_headers_now(g, &h);
+    rq->redis = true;
+    rq->have_headers = true;
+    rq->day = g->day;
+    rq->month = g->month;
+    rq->req_limit = h.req_limit;
+    rq->req_remaining = h.req_remaining;
+    rq->req_reset_ms = h.req_reset_ms;
+    rq->tok_limit = h.tok_limit;
+    rq->tok_remaining = h.tok_remaining;
+    rq->tok_reset_ms = h.tok_reset_ms;
+    count(&qm.grant_admits, 1);
+    top_up(q, g, r->quota.tokens, period);
+    quota_add_headers(r);
+    return true;
+}
+
+/* ---------------------------------------------------------------- reserve */
+
 static void on_reserve(const struct redisReply *reply, void *ud)
 {
     struct request *r = ud;
     if (reply) observe_reserve(util_now_us() - r->quota.sent_us);
+    struct quota_scope sc[QUOTA_MAX_SCOPES];
+    int ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 17) {
+        struct grant *g = grant_get(&r->w->quota->grants, sc, ns, false);
+        if (g && reply_int(reply, 16) > 0) g->asking_until_ms = 0; /* the ask was this one */
+        take_grant(r->w->quota, sc, ns, reply, r->cfg->quota_grant_ms);
+    }
     if (r->finished) {
         request_release(r);
         return;
     }
     enum stage_rc rc;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 14) {
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 17) {
         if (reply && reply->type == REDIS_REPLY_ERROR)
             log_warn("quota", "reserve script failed: %s", reply->str);
-        struct quota_scope sc[QUOTA_MAX_SCOPES];
-        int ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
         rc = redis_down(r, sc, ns);
     } else {
         struct request_quota *q = &r->quota;
@@ -467,6 +690,15 @@ static void on_reserve(const struct redisReply *reply, void *ud)
         q->month = reply_int(reply, 10);
         if (reply_int(reply, 0) == 1) {
             q->redis = true;
+            /* A grant taken with this request counts in what the client may still use. */
+            struct grant *g = grant_get(&r->w->quota->grants, sc, ns, false);
+            if (g && g->expires_ms > util_now_ms()) {
+                struct grant_headers h = {q->req_limit, q->req_remaining, q->req_reset_ms,
+                                          q->tok_limit, q->tok_remaining, q->tok_reset_ms};
+                grant_headers_add(g, &h);
+                q->tok_remaining = h.tok_remaining;
+                q->req_remaining = h.req_remaining;
+            }
             quota_add_headers(r);
             rc = STAGE_NEXT;
         } else if (recheck_after_settles(r)) {
@@ -518,61 +750,53 @@ static void adjust_upstream_body(struct request *r, long cap)
     }
 }
 
-#define MAX_RESERVE_ARGS (3 + 5 * QUOTA_MAX_SCOPES)
-
-/* Sends r's reserve script (holding r until the reply); 0, or -1 when Redis
- * cannot take it. */
+/* Sends r's reserve script (holding r until the reply), asking for a grant
+ * along when its class has the demand; 0, or -1 when Redis cannot take it. */
 static int send_reserve(struct request *r, const struct quota_scope *sc, int ns)
 {
-    const char *keys[2 * QUOTA_MAX_SCOPES], *args[MAX_RESERVE_ARGS];
-    size_t kl[2 * QUOTA_MAX_SCOPES], al[MAX_RESERVE_ARGS];
-    char nums[MAX_RESERVE_ARGS][24];
-    int na = 0;
-    for (int i = 0; i < ns; i++) {
-        keys[2 * i] = sc[i].bucket;
-        kl[2 * i] = strlen(sc[i].bucket);
-        keys[2 * i + 1] = sc[i].conc;
-        kl[2 * i + 1] = strlen(sc[i].conc);
-    }
-    args[na] = r->quota.member;
-    al[na++] = strlen(r->quota.member);
-    long head[2] = {r->quota.tokens, (long)r->cfg->quota_lease_ms};
-    for (int i = 0; i < 2; i++) {
-        al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%ld", head[i]);
-        args[na] = nums[na];
-        na++;
-    }
-    for (int i = 0; i < ns; i++) {
-        const unsigned v[5] = {sc[i].l.rpm, sc[i].l.tpm, sc[i].l.tpd, sc[i].l.tpmo, sc[i].l.conc};
-        for (int j = 0; j < 5; j++) {
-            al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%u", v[j]);
-            args[na] = nums[na];
-            na++;
+    long want_t = 0, want_r = 0;
+    struct grant *g = NULL;
+    if (r->cfg->quota_grant_ms && grant_class_ok(sc, ns) &&
+        (g = grant_get(&r->w->quota->grants, sc, ns, false)) && !grant_asking(g, util_now_ms())) {
+        grant_want(g, r->quota.tokens, &want_t, &want_r);
+        if (want_t > 0) {
+            g->asked_t = want_t;
+            g->asked_r = want_r;
         }
     }
     request_hold(r);
     r->quota.sent_us = util_now_us();
-    if (redis_eval(r->w->redis, &script_reserve, on_reserve, r, 2 * ns, keys, kl, na, args, al) !=
-        0) {
+    if (send_script(r->w->redis, sc, ns, r->quota.member, r->quota.tokens, 1, want_t, want_r,
+                    r->cfg->quota_lease_ms, on_reserve, r) != 0) {
         request_release(r);
         return -1;
     }
+    if (want_t > 0) g->asking_until_ms = util_now_ms() + ASK_TIMEOUT_MS;
     redis_flush(r->w->redis); /* on the critical path: send now, not next loop turn */
     return 0;
 }
 
 /* A refusal while this worker still queues settles (their refunds and freed
- * slots not yet on Redis) is checked once more behind them: batching settles
- * never turns into a 429 the client would not have had without it. Commands
- * on one connection run in order, so the retry sees every earlier settle. */
+ * slots not yet on Redis), or holds an unspent grant of the class too small for
+ * this request, is checked once more behind them: neither batching settles nor
+ * this worker's grants turn into a 429 the client would not have had without
+ * them. Commands on one connection run in order, so the retry sees every
+ * earlier settle and give-back. */
 static bool recheck_after_settles(struct request *r)
 {
     struct quota_worker *q = r->w->quota;
-    if (r->quota.rechecked || !q || q->n_batch == 0) return false;
-    r->quota.rechecked = true;
-    quota_flush(q);
+    if (r->quota.rechecked || !q) return false;
     struct quota_scope sc[QUOTA_MAX_SCOPES];
     int ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
+    struct grant *g = grant_get(&q->grants, sc, ns, false);
+    bool held = g && (g->tokens > 0 || g->requests > 0);
+    if (q->n_batch == 0 && !held) return false;
+    r->quota.rechecked = true;
+    quota_flush(q);
+    if (held) {
+        give_back(q, g);
+        g->tokens = g->requests = 0;
+    }
     return send_reserve(r, sc, ns) == 0;
 }
 
@@ -596,6 +820,14 @@ enum stage_rc quota_reserve(struct request *r)
     struct quota_scope sc[QUOTA_MAX_SCOPES];
     int ns = quota_scopes(r->key, r->oai.model, cfg->redis_prefix, sc);
     if (ns == 0) return STAGE_NEXT;
+    struct quota_worker *q = r->w->quota;
+    if (cfg->quota_grant_ms && grant_class_ok(sc, ns)) {
+        struct grant *g = grant_get(&q->grants, sc, ns, true);
+        if (g) {
+            arm_grant_sweep(q, cfg->quota_grant_ms); /* idle classes are freed by the sweep */
+            if (admit_from_grant(r, g)) return STAGE_NEXT;
+        }
+    }
     if (send_reserve(r, sc, ns) != 0) return redis_down(r, sc, ns);
     return STAGE_ASYNC;
 }
@@ -895,7 +1127,10 @@ struct quota_worker *quota_worker_new(struct worker *w)
     if (!q) return NULL;
     q->w = w;
     q->flush_ev = evtimer_new(w->base, on_flush, q);
-    if (!q->flush_ev) {
+    q->grant_ev = evtimer_new(w->base, on_grant_sweep, q);
+    if (!q->flush_ev || !q->grant_ev) {
+        if (q->grant_ev) event_free(q->grant_ev);
+        if (q->flush_ev) event_free(q->flush_ev);
         free(q);
         return NULL;
     }
@@ -923,6 +1158,8 @@ void quota_worker_free(struct quota_worker *q)
     }
     q->n_batch = 0;
     if (q->flush_ev) event_free(q->flush_ev);
+    if (q->grant_ev) event_free(q->grant_ev);
+    grant_table_clear(&q->grants); /* leftovers were given back at drain (quota_return_grants) */
     if (q->tick) event_free(q->tick);
     usage_replay_free(q->replay);
     local_clear(q);

@@ -64,5 +64,7 @@ void quota_worker_free(struct quota_worker *q);
 void quota_metrics_write(struct evbuffer *out);
 /* Sends the queued settles now (one script call); a no-op when none are queued. */
 void quota_flush(struct quota_worker *q);
+/* Gives every admission grant's unspent part back to Redis (at drain). */
+void quota_return_grants(struct quota_worker *q);
 
 #endif

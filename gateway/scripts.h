@@ -7,12 +7,18 @@
 #include "cache/redis.h"
 
 /* Reserve: KEYS = per scope (bucket hash, concurrency zset); ARGV = member,
- * tokens, lease_ms, then per scope rpm, tpm, tpd, tpmo, conc (0 = no limit).
- * Returns {ok, kind, retry_ms, req_limit, req_remaining, req_reset_ms,
- * tok_limit, tok_remaining, tok_reset_ms, day, month, too_large, window, scope}
- * (month is -1 when no scope has a monthly limit)
- * (window: rpm|tpm|tpd|tpmo|concurrency; scope: 1-based index). */
+ * tokens, lease_ms, requests (1, or 0 to ask only for a grant), grant tokens,
+ * grant requests (0 0: no grant), then per scope rpm, tpm, tpd, tpmo, conc
+ * (0 = no limit). Returns {ok, kind, retry_ms, req_limit, req_remaining,
+ * req_reset_ms, tok_limit, tok_remaining, tok_reset_ms, day, month, too_large,
+ * window, scope, granted_tokens, granted_requests, asked_tokens} (month is -1 when no scope
+ * has a monthly limit; window: rpm|tpm|tpd|tpmo|concurrency; scope: 1-based
+ * index). The grant is all or nothing, taken only with an admitted request and
+ * only while every window keeps twice the grant (gateway/grant.h). */
 extern struct redis_script script_reserve;
+/* A grant's unspent part back: KEYS = the class's bucket hashes; ARGV = tokens,
+ * requests, day, month (the grant's windows), then per scope rpm, tpm. */
+extern struct redis_script script_grant_return;
 /* Settle: charges real usage, refunds the rest, frees the concurrency slot and
  * appends the usage record, once per member (idempotent for spool replays).
  * KEYS = per scope (bucket, conc) then stream, dedup key, aggregate prefix

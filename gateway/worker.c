@@ -32,6 +32,7 @@ static long max_host_conns(const struct config *cfg)
 
 static void exit_soon(struct worker *w)
 {
+    quota_return_grants(w->quota); /* unspent grants back to the shared pool */
     quota_flush(w->quota); /* the last settles leave with the last replies */
     struct timeval tv = {.tv_sec = 0, .tv_usec = DRAIN_FLUSH_MS * 1000};
     event_base_loopexit(w->base, &tv);

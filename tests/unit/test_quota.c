@@ -308,15 +308,17 @@ static double hget(const char *key, const char *field)
 
 /* The reserve script's answer. */
 struct resv {
-    long ok, retry, rl, rrem, rres, tl, trem, tres, day, mon, big;
+    long ok, retry, rl, rrem, rres, tl, trem, tres, day, mon, big, gt, gr, asked;
     char kind[16], window[16];
 };
 
-/* Reserves n tokens for member across scopes "a" and "b" with the given limits
- * (rpm, tpm, tpd, tpmo, conc per scope; nscopes 1 or 2). */
-static struct resv reserve(const char *member, long n, int nscopes, const unsigned lim[2][5])
+/* Runs the reserve script for member across scopes "a" and "b" with the given
+ * limits (rpm, tpm, tpd, tpmo, conc per scope; nscopes 1 or 2): nreq requests
+ * (0 or 1) and n tokens, and a grant of gt tokens and gr requests. */
+static struct resv reserve_g(const char *member, long n, long nreq, long gt, long gr, int nscopes,
+                             const unsigned lim[2][5])
 {
-    char num[16][24];
+    char num[20][24];
     const char *a[40];
     int k = 0, u = 0;
     a[k++] = "EVAL";
@@ -330,6 +332,11 @@ static struct resv reserve(const char *member, long n, int nscopes, const unsign
     snprintf(num[u], 24, "%ld", n);
     a[k++] = num[u++];
     a[k++] = "60000"; /* lease */
+    const long head[3] = {nreq, gt, gr};
+    for (int i = 0; i < 3; i++) {
+        snprintf(num[u], 24, "%ld", head[i]);
+        a[k++] = num[u++];
+    }
     for (int s = 0; s < nscopes; s++)
         for (int j = 0; j < 5; j++) {
             snprintf(num[u], 24, "%u", lim[s][j]);
@@ -337,16 +344,39 @@ static struct resv reserve(const char *member, long n, int nscopes, const unsign
         }
     redisReply *r = cmdv(k, a);
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-    assert_int_equal(r->elements, 14);
+    assert_int_equal(r->elements, 17);
     struct resv v = {0};
-    long *f[] = {&v.ok, NULL,    &v.retry, &v.rl,  &v.rrem, &v.rres,
-                 &v.tl, &v.trem, &v.tres,  &v.day, &v.mon,  &v.big};
-    for (int i = 0; i < 12; i++)
+    long *f[] = {&v.ok,  NULL,   &v.retry, &v.rl, &v.rrem, &v.rres, &v.tl, &v.trem, &v.tres,
+                 &v.day, &v.mon, &v.big,   NULL,  NULL,    &v.gt,   &v.gr, &v.asked};
+    for (int i = 0; i < 17; i++)
         if (f[i]) *f[i] = (long)r->element[i]->integer;
     snprintf(v.kind, sizeof v.kind, "%s", r->element[1]->str);
     snprintf(v.window, sizeof v.window, "%s", r->element[12]->str);
     freeReplyObject(r);
     return v;
+}
+
+static struct resv reserve(const char *member, long n, int nscopes, const unsigned lim[2][5])
+{
+    return reserve_g(member, n, 1, 0, 0, nscopes, lim);
+}
+
+/* Gives a grant's unspent tokens and requests back to scope "a" (rpm, tpm). */
+static void grant_return(long tokens, long requests, const struct resv *rv, unsigned rpm,
+                         unsigned tpm)
+{
+    char b[6][24];
+    snprintf(b[0], 24, "%ld", tokens);
+    snprintf(b[1], 24, "%ld", requests);
+    snprintf(b[2], 24, "%ld", rv->day);
+    snprintf(b[3], 24, "%ld", rv->mon);
+    snprintf(b[4], 24, "%u", rpm);
+    snprintf(b[5], 24, "%u", tpm);
+    const char *a[] = {
+        "EVAL", script_grant_return.src, "1", "q:{t}:a", b[0], b[1], b[2], b[3], b[4], b[5]};
+    redisReply *r = cmdv((int)(sizeof a / sizeof a[0]), a);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    freeReplyObject(r);
 }
 
 /* Settles member (reserved on scope "a" with tpm) with actual tokens. */
@@ -562,6 +592,62 @@ static void test_lua_settle_batch(void **state)
     freeReplyObject(r);
 }
 
+/* A grant rides on an admitted request, all or nothing across scopes and
+ * windows, only while every window keeps twice the grant; asking for one alone
+ * takes no request; giving it back restores the buckets and the day counter. */
+static void test_lua_grants(void **state)
+{
+    (void)state;
+    flush();
+    const unsigned lim[2][5] = {{60, 1000, 5000, 0, 0}, {0, 600, 0, 0, 0}};
+    struct resv v = reserve_g("g1", 10, 1, 100, 8, 2, lim);
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.gt, 100);
+    assert_int_equal(v.gr, 8);
+    assert_int_equal(v.asked, 100);
+    assert_true(hget("q:{t}:a", "t") >= 890 && hget("q:{t}:a", "t") < 891);
+    assert_true(hget("q:{t}:b", "t") >= 490 && hget("q:{t}:b", "t") < 491);
+    assert_int_equal(hget("q:{t}:a", "d"), 110);
+    assert_true(hget("q:{t}:a", "r") >= 51 && hget("q:{t}:a", "r") < 52);
+    assert_int_equal(v.trem, 490); /* headers: Redis's side, after the grant */
+    /* b keeps 480 after the request: a grant of 241 would leave it less than twice that */
+    v = reserve_g("g2", 10, 1, 241, 8, 2, lim);
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.gt, 0);
+    assert_int_equal(v.gr, 0);
+    assert_int_equal(v.asked, 241);
+    assert_true(hget("q:{t}:b", "t") >= 480 && hget("q:{t}:b", "t") < 481);
+    /* a grant on its own: no request taken, nothing else debited */
+    double r0 = hget("q:{t}:a", "r");
+    v = reserve_g("", 0, 0, 50, 4, 2, lim);
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.gt, 50);
+    assert_true(hget("q:{t}:a", "r") >= r0 - 4 && hget("q:{t}:a", "r") < r0 - 3);
+    assert_int_equal(hget("q:{t}:a", "d"), 170);
+    /* a refused request takes no grant either */
+    const unsigned tight[2][5] = {{0, 1000, 170, 0, 0}};
+    v = reserve_g("g3", 10, 1, 20, 0, 1, tight);
+    assert_int_equal(v.ok, 0);
+    assert_int_equal(v.gt, 0);
+    assert_int_equal(hget("q:{t}:a", "d"), 170);
+    /* giving 150 tokens and 12 requests back */
+    grant_return(150, 12, &v, 60, 1000);
+    assert_int_equal(hget("q:{t}:a", "d"), 20);
+    assert_true(hget("q:{t}:a", "t") >= 980 && hget("q:{t}:a", "t") <= 1000);
+    assert_true(hget("q:{t}:a", "r") >= 58 && hget("q:{t}:a", "r") <= 60);
+    /* never above the limit, never below zero */
+    grant_return(5000, 500, &v, 60, 1000);
+    assert_int_equal(hget("q:{t}:a", "d"), 0);
+    assert_int_equal(hget("q:{t}:a", "t"), 1000);
+    assert_int_equal(hget("q:{t}:a", "r"), 60);
+    /* a concurrency limit: never a grant */
+    const unsigned conc[2][5] = {{0, 1000, 0, 0, 5}};
+    flush();
+    v = reserve_g("g4", 10, 1, 50, 0, 1, conc);
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.gt, 0);
+}
+
 int main(void)
 {
     scripts_init();
@@ -586,6 +672,7 @@ int main(void)
         cmocka_unit_test(test_lua_calendar_windows),
         cmocka_unit_test(test_lua_concurrency_and_settle),
         cmocka_unit_test(test_lua_settle_batch),
+        cmocka_unit_test(test_lua_grants),
     };
     int rc2 = cmocka_run_group_tests_name("lua", lua, redis_setup, redis_teardown);
     return rc1 || rc2;
