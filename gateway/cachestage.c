@@ -49,7 +49,8 @@ struct answer {
 };
 
 /* States of a request's cache state:
- *   BYPASS   - the cache is not used (policy, Cache-Control, Redis down)
+ *   BYPASS   - the cache is not used (policy, Cache-Control, Redis down, the client of a
+ *              leader or storer left: cachestage_request_orphaned)
  *   LOOKUP   - GET in flight
  *   CLAIM    - miss: the claim script (entry or lock) in flight
  *   LOCKWAIT - another worker or replica holds the lock: polling on a timer
@@ -903,11 +904,32 @@ static void store(struct request *r, const struct answer *a)
     free(enc);
 }
 
+/* Gives c's Redis lock back and ends its flight: the waiters get a, or go
+ * upstream themselves when it is NULL. */
+static void release_flight(struct cachestage_req *c, struct answer *a)
+{
+    struct request *r = c->r;
+    if (c->have_lock) {
+        if (rcache_release(r->w->redis, c->lock, c->token) != 0) note_redis(r->w->rcache, false);
+        c->have_lock = false;
+    }
+    if (c->flight) flight_finish(r->w->rcache, c->flight, a);
+}
+
+void cachestage_request_orphaned(struct request *r)
+{
+    if (!storing(r)) return;
+    struct cachestage_req *c = r->rc;
+    c->st = CRQ_BYPASS; /* nothing more is assembled (cachestage_wants_chunks) or stored */
+    rcache_asm_free(c->as);
+    c->as = NULL;
+    release_flight(c, NULL);
+}
+
 void cachestage_request_end(struct request *r)
 {
     struct cachestage_req *c = r->rc;
     if (!c) return;
-    struct cachestage_worker *cw = r->w->rcache;
     struct answer *a = NULL;
     switch (c->st) {
     case CRQ_WAITER:
@@ -929,11 +951,7 @@ void cachestage_request_end(struct request *r)
     default: break;
     }
     if (c->timer) evtimer_del(c->timer);
-    if (c->have_lock) {
-        if (rcache_release(r->w->redis, c->lock, c->token) != 0) note_redis(cw, false);
-        c->have_lock = false;
-    }
-    if (c->flight) flight_finish(cw, c->flight, a);
+    release_flight(c, a);
     answer_unref(a);
 }
 

@@ -30,6 +30,10 @@ bool cachestage_wants_chunks(const struct request *r);
 /* The stream ended with [DONE] and reached the client whole. */
 void cachestage_stream_complete(struct request *r);
 
+/* From request_client_gone when r runs on only to be metered (quota.abandoned =
+ * finish): it will store nothing, so its lock is given back and the requests
+ * waiting on it go upstream themselves now. */
+void cachestage_request_orphaned(struct request *r);
 /* From request_end: stores the answer when it is complete and cacheable, and
  * hands it (or the failure) to the requests waiting on r. */
 void cachestage_request_end(struct request *r);

@@ -100,6 +100,10 @@ static int flush_frames(struct request *r)
 {
     size_t n = evbuffer_get_length(r->frame);
     if (n == 0) return 0;
+    if (r->orphan) { /* the client left: events are metered (relay_event), sent nowhere */
+        evbuffer_drain(r->frame, n);
+        return 0;
+    }
     if (r->state != RS_STREAMING) start_stream_reply(r);
     r->bytes_out += n;
     evhttp_send_reply_chunk_with_cb(r->req, r->frame, on_client_drained, r);
@@ -798,17 +802,22 @@ static void on_ttft(evutil_socket_t fd, short what, void *arg)
     on_up_done(r, UPSTREAM_ERR_TIMEOUT_FIRST_BYTE, "no first token in time");
 }
 
-/* The answer to a request whose client left (request_client_gone): its usage
- * is the charge; nothing is sent, retried or cached. */
+/* The end of a request whose client left (request_client_gone): the usage the
+ * upstream reported is the charge (a stream's was read from its events as they
+ * came; without it, quota_settle counts their content chunks). Nothing is sent,
+ * retried or cached, whatever the outcome. */
 static void finish_orphan(struct request *r, enum upstream_result res, int pf)
 {
-    if (res == UPSTREAM_OK && pf < 0 && r->up_status == 200) {
+    if (!r->up_sse && res == UPSTREAM_OK && pf < 0 && r->up_status == 200) {
         size_t len = evbuffer_get_length(r->body);
         cJSON *doc =
             len ? cJSON_ParseWithLength((const char *)evbuffer_pullup(r->body, -1), len) : NULL;
         if (cJSON_IsObject(doc)) quota_usage_from_body(r, doc);
         cJSON_Delete(doc);
     }
+    /* What went wrong upstream after the client left is not the record's outcome. */
+    r->status = 499;
+    r->error = "client_closed";
     log_debug("request", "%s: metered the answer of a client that left (%s)", r->id,
               upstream_result_str(res));
     request_end(r);

@@ -19,6 +19,7 @@
 #include "gateway/keys.h"
 #include "gateway/quota.h"
 #include "gateway/relay.h"
+#include "routing/upstream.h"
 
 /* ---------------------------------------------------------------- stages */
 
@@ -287,12 +288,13 @@ struct evhttp_request *request_evreq(const struct request *r)
 }
 
 /* Whether r, whose client left, should keep its upstream exchange to meter
- * what the upstream generates: a tenant-key request answered as one body (a
- * stream is charged by what was relayed), still waiting for that body, and not
+ * what the upstream generates: a tenant-key request with a transfer in flight
+ * (buffered, or a stream before or after its first relayed byte: the upstream
+ * reports usage in its last chunk, which a cancelled stream never sends), not
  * being torn down with its worker. */
 static bool keep_for_metering(const struct request *r, enum client_gone how)
 {
-    return how != GONE_EVHTTP_FREES && r->key && !r->oai.stream && r->xfer && !relay_started(r) &&
+    return how != GONE_EVHTTP_FREES && r->key && r->xfer &&
            r->cfg->abandoned == QUOTA_ABANDONED_FINISH && !r->w->draining;
 }
 
@@ -321,12 +323,20 @@ void request_client_gone(struct request *r, enum client_gone how)
         request_end(r);
         return;
     }
-    /* The upstream's answer ends it (relay.c): charged, recorded, sent nowhere. */
+    /* The upstream's end ends it (relay.c finish_orphan): charged, recorded,
+     * sent nowhere (a stream's events are parsed, then dropped). */
     r->orphan = true;
     r->req = NULL;
     if (r->conn) {
         if (r->watching) conn_unwatch(r->conn);
         r->conn->active = NULL;
         r->conn = NULL;
+    }
+    cachestage_request_orphaned(r); /* stores nothing: its waiters need not wait */
+    /* A stream paused for the slow client would wait for a drain that never
+     * comes. Resuming may deliver buffered events at once: r is an orphan by now. */
+    if (r->paused) {
+        r->paused = false;
+        upstream_resume(r->xfer);
     }
 }

@@ -63,7 +63,7 @@ struct request_usage {
     bool reported; /* the upstream's usage object was seen */
     bool strip;    /* the client did not ask for usage: drop the usage-only chunk */
     long prompt, completion, cached;
-    long chunks;        /* content chunks relayed to the client */
+    long chunks;        /* content chunks relayed (or, once orphan, parsed and dropped) */
     bool from_cache;    /* answered by the response cache: no upstream cost */
     bool charge_cached; /* ... and the route charges it against token quotas */
 };
@@ -129,8 +129,8 @@ struct request {
     /* response cache (gateway/cachestage.c); NULL when the cache was not consulted */
     struct cachestage_req *rc;
 
-    /* the client left a metered buffered request: the upstream runs on only to
-     * meter what it generated (quota.abandoned = finish); r->req is gone */
+    /* the client left a metered request (buffered or streamed): the upstream runs
+     * on only to meter what it generated (quota.abandoned = finish); r->req is gone */
     bool orphan;
 
     /* outcome, for the access log */

@@ -240,6 +240,145 @@ def test_abandoned_request_is_metered(gw, mock, redis_server, tmp_mod):
         g.proc.stop()
 
 
+def tcp_send_queue(port):
+    """The largest send queue of the established loopback TCP sockets bound to port."""
+    most = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
+                most = max(most, int(fields[4].split(":")[0], 16))
+    return most
+
+
+def stream_and_leave(gw, key, headers, chunks=1, stall_port=None):
+    """Opens a chat stream, reads `chunks` content chunks and hangs up; with
+    stall_port, first stops reading until that port's sender is stuck (nobody
+    reads what it sends: the gateway paused the upstream for this slow client)."""
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", timeout=10, headers={
+            "Authorization": f"Bearer {key}", **headers},
+            json={"model": "mock-model", "messages": MSGS, "stream": True,
+                  "max_tokens": 500000}) as r:
+        assert r.status_code == 200
+        seen, lines = 0, r.iter_lines()  # held: dropping it mid-body closes the connection
+        for line in lines:
+            seen += line.startswith("data: {") and '"content":"tok' in line
+            if seen == chunks:
+                break
+        assert seen == chunks
+        if stall_port:
+            last = [-1]
+
+            def stuck():
+                prev, last[0] = last[0], tcp_send_queue(stall_port)
+                return last[0] > 0 and last[0] == prev
+            wait_until(stuck, "the upstream paused for a client that stopped reading",
+                       interval=0.05)
+
+
+def test_abandoned_stream_is_metered(gw, mock, redis_server, tmp_mod):
+    """A stream whose client leaves is charged what the upstream generated, as a
+    buffered request is: its events are read (usage included) and sent nowhere,
+    whether the client left after the first chunks, before any byte, or while the
+    upstream was paused for it. With `cancel` the stream is stopped and charged
+    prompt + one token per relayed chunk, an estimate."""
+    cancelled = mock.stats()["cancelled"]
+
+    def record_of(k):
+        return wait_until(lambda: next((x for x in records(redis_server)
+                                        if x["key_id"] == k["id"]), None),
+                          f"the usage record of {k['id']}")
+
+    def assert_exact(rec, tokens):
+        assert rec["status"] == "499" and rec["error"] == "client_closed", rec
+        assert rec["completion_tokens"] == str(tokens) and rec["estimated"] == "0", rec
+
+    # after the first relayed chunks
+    k = make_key(gw, "abandon-stream", limits={"tpm": 1000000})
+    stream_and_leave(gw, k["key"], {"x-mock-tokens": "20", "x-mock-interval-ms": "50"}, chunks=2)
+    assert_exact(record_of(k), 20)
+    # before any byte
+    k = make_key(gw, "abandon-stream-early", limits={"tpm": 1000000})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gw.url + "/v1/chat/completions", timeout=0.3, headers={
+            "Authorization": f"Bearer {k['key']}", "x-mock-latency-ms": "800",
+            "x-mock-tokens": "7"}, json={"model": "mock-model", "messages": MSGS,
+                                         "stream": True, "max_tokens": 50})
+    assert_exact(record_of(k), 7)
+    # while the upstream is paused for the slow client: it must be resumed
+    k = make_key(gw, "abandon-stream-paused", limits={"tpm": 1000000})
+    stream_and_leave(gw, k["key"], {"x-mock-tokens": "400000"}, stall_port=mock.port)
+    assert_exact(record_of(k), 400000)
+    assert mock.stats()["cancelled"] == cancelled  # every upstream was let finish
+
+    g = Gateway(tmp_mod, mock.url, name="gwq-cancel-stream", extra_conf=quota_conf(
+        redis_server, tmp_mod / "spool-cancel-stream", quota={"abandoned": "cancel"}))
+    try:
+        k = make_key(g, "abandon-stream-cancel", limits={"tpm": 1000000})
+        stream_and_leave(g, k["key"], {"x-mock-tokens": "20", "x-mock-interval-ms": "50"})
+        wait_until(lambda: mock.stats()["cancelled"] > cancelled, "the upstream cancelled")
+        rec = record_of(k)
+        assert rec["status"] == "499" and rec["estimated"] == "1", rec
+        assert 1 <= int(rec["completion_tokens"]) < 20, rec
+    finally:
+        g.proc.stop()
+
+
+def test_abandoned_stream_stores_nothing_and_frees_its_waiters(gw, mock, redis_server):
+    """A cacheable stream whose client leaves is metered but never cached, and the
+    identical requests waiting for its answer (single flight on its worker, the
+    Redis lock on the others) go upstream at once instead of waiting for it."""
+    k = make_key(gw, "abandon-cacheable", limits={"tpm": 1000000})
+    auth = {"Authorization": f"Bearer {k['key']}"}
+
+    def body(prompt):
+        return {"model": "mock-model", "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0, "stream": True, "max_tokens": 50}
+
+    def ask(prompt, hdr):
+        r = httpx.post(gw.url + "/v1/chat/completions", timeout=30, headers={**auth, **hdr},
+                       json=body(prompt))
+        assert r.status_code == 200 and "data: [DONE]" in r.text, r.text
+        return r
+
+    def mine():
+        return [x for x in records(redis_server) if x["key_id"] == k["id"]]
+
+    def leave_after_first_token(prompt, hdr):
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", timeout=10,
+                          headers={**auth, **hdr}, json=body(prompt)) as r:
+            assert r.headers["x-llmgate-cache"] == "miss"
+            lines = r.iter_lines()  # held until the with ends, which hangs up
+            next(line for line in lines if '"content":"tok' in line)
+
+    # a lone orphan: its answer, complete upstream, is not stored
+    prompt = "orphan " + os.urandom(8).hex()
+    hdr = {"x-mock-tokens": "5", "x-mock-interval-ms": "50"}
+    leave_after_first_token(prompt, hdr)
+    wait_until(lambda: len(mine()) == 1, "the orphan's usage record")
+    assert mine()[0]["status"] == "499" and mine()[0]["completion_tokens"] == "5"
+    assert ask(prompt, hdr).headers["x-llmgate-cache"] == "miss"
+
+    # a leader that becomes an orphan while an identical request waits on it
+    prompt = "leader " + os.urandom(8).hex()
+    hdr = {"x-mock-latency-ms": "1000", "x-mock-tokens": "20", "x-mock-interval-ms": "100"}
+    base = mock.stats()["in_flight"]
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        leader = ex.submit(leave_after_first_token, prompt, hdr)
+        wait_until(lambda: mock.stats()["in_flight"] == base + 1, "the leader upstream")
+        waiter = ex.submit(ask, prompt, hdr)  # parks: the leader's first token is 1 s away
+        leader.result()
+        # the leader's upstream runs on for ~2 s: the waiter must not wait for it
+        wait_until(lambda: mock.stats()["in_flight"] == base + 2,
+                   "the waiter upstream beside the orphan")
+        b = waiter.result()
+    assert b.headers["x-llmgate-cache"] == "miss"
+    wait_until(lambda: len(mine()) == 4, "the leader's and the waiter's usage records")
+    recs = sorted(mine()[2:], key=lambda x: x["status"])
+    assert [x["status"] for x in recs] == ["200", "499"], recs
+    assert all(x["completion_tokens"] == "20" and x["estimated"] == "0" for x in recs), recs
+
+
 def test_stream_usage_metered_and_stripped(gw, mock, redis_server):
     k = make_key(gw, "streams", limits={"tpm": 100000})
     with httpx.stream("POST", gw.url + "/v1/chat/completions",
