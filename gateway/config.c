@@ -232,9 +232,10 @@ static const struct option config_options[] = {
              "Redis unreachable: `fail_open` enforces a local per-worker limiter, `fail_closed` "
              "answers 503"),
     ROW_ENUM("quota.abandoned", C(abandoned), QUOTA_ABANDONED_FINISH, abandoned_names,
-             "a non-streaming request with a tenant key whose client leaves: `finish` lets the "
-             "upstream answer (bounded by the reservation and the provider's timeouts) and charges "
-             "its usage; `cancel` stops it and charges the prompt only"),
+             "a request with a tenant key whose client leaves, buffered or streamed: `finish` lets "
+             "the upstream answer for nobody (bounded by the reservation and the provider's "
+             "timeouts) and charges its usage; `cancel` stops it and charges the prompt, plus one "
+             "token per content chunk a stream relayed"),
     ROW_UINT("quota.default_max_tokens", C(default_max_tokens), 4096, 1, 16777216,
              "completion tokens reserved, and sent upstream as `max_tokens`, when a request "
              "sets none (a key's `max_tokens` overrides)"),
