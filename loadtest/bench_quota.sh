@@ -5,9 +5,11 @@
 #   quota   llmgate with a tenant key in Redis: key cache + reserve script before
 #           dispatch + settle script and usage record after (rpm/tpm/tpd limits
 #           on the key and its tenant, set far above the load)
+#   grant   the quota gateway with admission grants (quota.grant_ms): the steady
+#           key is mostly admitted from a grant its worker took ahead of demand
 # Non-streaming chat completions, each at a fixed rate (open loop: latency from
 # the scheduled send time) and at saturation (closed loop). The runs alternate
-# core/quota and are repeated BENCH_ROUNDS times; the report uses the median.
+# core/quota/grant and are repeated BENCH_ROUNDS times; the report uses the median.
 # Writes loadtest/results/quota.csv and quota.md.
 #
 # usage: loadtest/bench_quota.sh [BUILDDIR]     (default $BUILDDIR or ./build)
@@ -18,6 +20,7 @@
 #        co-located Redis, and the loadgen alone on CPU 0, polling for arrivals
 #        (--spin-us) so its own timer wake-ups stay out of the latency; client: Redis
 #        on CPU 0 beside the loadgen, which then sleeps on timers)
+#        BENCH_GRANT_MS (500: quota.grant_ms of the grant gateway)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +34,7 @@ CONNS=${BENCH_CONNECTIONS:-32}
 OPEN_CONNS=${BENCH_OPEN_CONNECTIONS:-64}
 PIN=${BENCH_PIN:-1}
 REDIS_CPU=${BENCH_REDIS_CPU:-server}
+GRANT_MS=${BENCH_GRANT_MS:-500}
 OUTDIR=${BENCH_OUTDIR:-$here/results}
 STATIC_KEY=bench-static-key-not-secret-0123456789
 
@@ -71,14 +75,14 @@ for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break;
 
 # ---- the two gateways ---------------------------------------------------------------
 hash=$(printf %s "$STATIC_KEY" | sha256sum | cut -d' ' -f1)
-start_gw() { # NAME REDIS_KEYS -> sets gw_url
-    local name=$1 rk=$2 port
+start_gw() { # NAME REDIS_KEYS [GRANT_MS] -> sets gw_url
+    local name=$1 rk=$2 grant=${3:-0} port
     port=$(free_port)
     cat >"$tmp/$name.json" <<EOF
 { "listen": {"address": "127.0.0.1", "port": $port}, "workers": 1,
   "log": {"level": "warn", "access_log": "off"},
   "auth": {"api_keys_sha256": ["$hash"], "redis_keys": $rk},
-  "redis": {"port": $REDIS_PORT},
+  "redis": {"port": $REDIS_PORT}, "quota": {"grant_ms": $grant},
   "usage": {"spool_path": "$tmp/$name.spool"},
   "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$MOCK_PORT/v1"}},
   "models": {"mock-model": {"provider": "mock", "model": "mock-model"}} }
@@ -92,15 +96,17 @@ start_gw core false
 core_url=$gw_url
 start_gw quota true
 quota_url=$gw_url
+start_gw grant true "$GRANT_MS"
+grant_url=$gw_url
 
 "$GW" tenants create bench --tpm 2000000000 --tpd 2000000000 -c "$tmp/quota.json" >/dev/null
 TENANT_KEY=$("$GW" keys create --tenant bench --name bench --rpm 100000000 --tpm 2000000000 \
     --tpd 2000000000 -c "$tmp/quota.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 
 body='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16}'
-for t in core quota; do
+for t in core quota grant; do
     url=${t}_url key=$STATIC_KEY
-    [ $t = quota ] && key=$TENANT_KEY
+    [ $t != core ] && key=$TENANT_KEY
     code=$(curl -s -o "$tmp/smoke" -w '%{http_code}' -H "Authorization: Bearer $key" \
         -H 'Content-Type: application/json' -d "$body" "${!url}/v1/chat/completions")
     [ "$code" = 200 ] || { log "$t smoke request answered $code: $(head -c 300 "$tmp/smoke")"; exit 1; }
@@ -120,7 +126,7 @@ reserve_metrics() {
 }
 run_one() { # target round run
     local t=$1 n=$2 r=$3 url=${1}_url key=$STATIC_KEY line
-    [ "$t" = quota ] && key=$TENANT_KEY
+    [ "$t" != core ] && key=$TENANT_KEY
     local args=(--url "${!url}/v1/chat/completions" --body "$body"
         --header "Authorization: Bearer $key" --duration "$SECS" --warmup "$WARMUP"
         --label "$t-$r-$n" --quiet)
@@ -136,6 +142,7 @@ for n in $(seq "$ROUNDS"); do
     for r in fixed saturation; do
         run_one core "$n" "$r"
         run_one quota "$n" "$r"
+        run_one grant "$n" "$r"
     done
 done
 after=$(redis-cli -p "$REDIS_PORT" xlen llmgate:usage)
@@ -162,12 +169,18 @@ fi
 cmdstats=$(redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
     awk -F'[:,=]' '/^cmdstat_(evalsha|eval|hgetall|xadd)/ { printf "%s calls=%s usec_per_call=%s; ", $1, $3, $7 }')
 quota_ok=$(awk -F, '$1 == "quota" { s += $9 } END { print s }' "$csv")
+# How the grant gateway admitted its requests: from a grant, or with a reserve call.
+grants=$(curl -s "$grant_url/metrics" | awk '/^llmgate_quota_grant_admits_total/ { a = $2 }
+    /^llmgate_quota_reserve_seconds_count/ { c = $2 } /^llmgate_quota_grant_requests_total/ { g = $2 }
+    /^llmgate_quota_grant_returned_tokens_total/ { rt = $2 } /^llmgate_quota_grant_tokens_total/ { gt = $2 }
+    END { if (a + c > 0) printf "%d admitted from grants, %d with a reserve round trip (%.2f %%); %d grant requests; %d of %d granted tokens given back unspent",
+        a, c, c / (a + c) * 100, g, rt, gt }')
 
 # ---- report -------------------------------------------------------------------------
 mkdir -p "$OUTDIR"
 cp "$csv" "$OUTDIR/quota.csv"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' || true)
-cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNS BENCH_OPEN_CONNECTIONS=$OPEN_CONNS BENCH_PIN=$PIN BENCH_REDIS_CPU=$REDIS_CPU loadtest/bench_quota.sh $BUILDDIR"
+cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROUNDS BENCH_CONNECTIONS=$CONNS BENCH_OPEN_CONNECTIONS=$OPEN_CONNS BENCH_PIN=$PIN BENCH_REDIS_CPU=$REDIS_CPU BENCH_GRANT_MS=$GRANT_MS loadtest/bench_quota.sh $BUILDDIR"
 {
     echo "# Tenant keys + quotas: added latency and throughput"
     echo
@@ -175,11 +188,11 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROU
     echo
     echo "- Machine: $ncpu CPUs, $cpu, $(uname -sr); $(redis-server --version | cut -d' ' -f3)"
     echo "- Command: \`$cmd\`"
-    echo "- Same llmgate-mock (1 thread, no latency, 16 tokens) and the same Redis for both;"
+    echo "- Same llmgate-mock (1 thread, no latency, 16 tokens) and the same Redis for all;"
     echo "  each gateway runs 1 worker, access log off. core = static config key (the"
     echo "  gateway core path); quota = tenant key from Redis (1 s key cache), the reserve"
     echo "  script before dispatch and the settle script (+ usage record) after, with"
-    echo "  rpm/tpm/tpd limits on key and tenant (2 scopes). Runs alternate core/quota,"
+    echo "  rpm/tpm/tpd limits on key and tenant (2 scopes). Runs alternate core/quota/grant,"
     echo "  $ROUNDS rounds; the tables show medians over rounds."
     echo "- Load: llmgate-loadgen; fixed = $RATE req/s open loop, $OPEN_CONNS connections, latency from"
     echo "  the scheduled send time; saturation = closed loop, $CONNS connections. ${SECS}s measured"
@@ -187,6 +200,7 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROU
     echo "- Usage records written during the quota runs (warmups included): $((after - before));"
     echo "  measured successful quota requests: $quota_ok."
     echo "- Redis server-side cost (INFO commandstats): ${cmdstats:-n/a}"
+    echo "- grant = the quota gateway with \`quota.grant_ms: $GRANT_MS\` (admission grants, docs/DESIGN.md): ${grants:-n/a}."
     echo "- Reserve round trip seen by the quota gateway at $RATE req/s (llmgate_quota_reserve_seconds):"
     echo "  ${reserve_rtt:-n/a}; settles over the whole run: ${batching:-n/a}."
     [ -n "$ping_same" ] && echo "- Loopback PING p50 to this Redis (redis-benchmark, 1 client): ${ping_same} ms from its own CPU, ${ping_cross} ms from the other CPU."
@@ -198,14 +212,22 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_RATE=$RATE BENCH_ROUNDS=$ROU
         function med(a, k, c,   i, j, t, v) { for (i = 1; i <= c; i++) v[i] = a[k, i]
             for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
             return v[int((c + 1) / 2)] }
-        END { split("core,fixed quota,fixed core,saturation quota,saturation", ks, " ")
-            for (i = 1; i <= 4; i++) { k = ks[i]; if (!(k in n)) continue; split(k, f, ",")
+        END { split("core,fixed quota,fixed grant,fixed core,saturation quota,saturation grant,saturation", ks, " ")
+            for (i = 1; i <= 6; i++) { k = ks[i]; if (!(k in n)) continue; split(k, f, ",")
                 printf "| %s | %s | %.0f | %d | %d | %d | %d | %d |\n", f[1], f[2], med(rps, k, n[k]),
                     med(p50, k, n[k]), med(p90, k, n[k]), med(p99, k, n[k]), med(p999, k, n[k]), err[k] }
             c = "core,fixed"; q = "quota,fixed"; cs = "core,saturation"; qs = "quota,saturation"
-            printf "\nAdded by auth + reserve + settle at %s req/s: **p50 %+d µs**, p99 %+d µs.\n",
-                "'"$RATE"'", med(p50, q, n[q]) - med(p50, c, n[c]), med(p99, q, n[q]) - med(p99, c, n[c])
+            # paired: each round against the core run beside it, then the median
+            for (j = 1; j <= n[c]; j++) { dq[j] = p50[q, j] - p50[c, j]; dg[j] = p50["grant,fixed", j] - p50[c, j] }
+            for (j = 1; j <= n[c]; j++) { pq[c, j] = dq[j]; pg[c, j] = dg[j] }
+            printf "\nAdded by auth + reserve + settle at %s req/s: **p50 %+d µs** (medians; per round, against the core run beside it: %+d µs median), p99 %+d µs.\n",
+                "'"$RATE"'", med(p50, q, n[q]) - med(p50, c, n[c]), med(pq, c, n[c]), med(p99, q, n[q]) - med(p99, c, n[c])
             printf "Saturation throughput with quotas: **%.0f req/s** (%.2f of the core path).\n",
-                med(rps, qs, n[qs]), med(rps, qs, n[qs]) / med(rps, cs, n[cs]) }' "$csv"
+                med(rps, qs, n[qs]), med(rps, qs, n[qs]) / med(rps, cs, n[cs])
+            g = "grant,fixed"; gs = "grant,saturation"
+            if (g in n) {
+                printf "\nWith admission grants: **p50 %+d µs** (per round: %+d µs median), p99 %+d µs at %s req/s; saturation **%.0f req/s** (%.2f of the core path).\n",
+                    med(p50, g, n[g]) - med(p50, c, n[c]), med(pg, c, n[c]), med(p99, g, n[g]) - med(p99, c, n[c]), "'"$RATE"'",
+                    med(rps, gs, n[gs]), med(rps, gs, n[gs]) / med(rps, cs, n[cs]) } }' "$csv"
 } >"$OUTDIR/quota.md"
 log "wrote $OUTDIR/quota.csv and $OUTDIR/quota.md"
