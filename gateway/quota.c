@@ -909,9 +909,10 @@ void quota_settle(struct request *r)
         cached = r->usage.cached;
     } else if (r->t_up_us && (r->status == 200 || r->status == 499)) {
         /* Cut off before the upstream's usage: the reserved prompt count (exact for a local
-         * engine with its tokenizer, else the estimate) plus one token per relayed content
-         * chunk (the granularity OpenAI-compatible servers stream at). The completion part is
-         * a guess either way, so the record stays `estimated`. */
+         * engine with its tokenizer, else the estimate) plus one token per content chunk
+         * seen (relayed, or parsed for a client that left; the granularity OpenAI-compatible
+         * servers stream at). The completion part is a guess either way, so the record stays
+         * `estimated`. */
         prompt = r->quota.prompt_est;
         completion = r->usage.chunks;
         estimated = true;
