@@ -556,13 +556,13 @@ struct grant_ask {
     unsigned period_ms;
 };
 
-#define MAX_RESERVE_ARGS (6 + 5 * QUOTA_MAX_SCOPES)
+#define MAX_RESERVE_ARGS (7 + 5 * QUOTA_MAX_SCOPES)
 
 /* Sends the reserve script for scopes sc: `tokens` and `requests` (0 or 1) for
  * a request, plus a grant of want_t/want_r. */
 static int send_script(struct redis *redis, const struct quota_scope *sc, int ns,
                        const char *member, long tokens, long requests, long want_t, long want_r,
-                       unsigned lease_ms, redis_reply_cb cb, void *ud)
+                       unsigned lease_ms, unsigned grant_ms, redis_reply_cb cb, void *ud)
 {
     const char *keys[2 * QUOTA_MAX_SCOPES], *args[MAX_RESERVE_ARGS];
     size_t kl[2 * QUOTA_MAX_SCOPES], al[MAX_RESERVE_ARGS];
@@ -576,8 +576,8 @@ static int send_script(struct redis *redis, const struct quota_scope *sc, int ns
     }
     args[na] = member;
     al[na++] = strlen(member);
-    long head[5] = {tokens, (long)lease_ms, requests, want_t, want_r};
-    for (int i = 0; i < 5; i++) {
+    long head[6] = {tokens, (long)lease_ms, requests, want_t, want_r, (long)grant_ms};
+    for (int i = 0; i < 6; i++) {
         al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%ld", head[i]);
         args[na] = nums[na];
         na++;
@@ -620,7 +620,8 @@ static void top_up(struct quota_worker *q, struct grant *g, long need, unsigned 
     a->period_ms = period_ms;
     g->asked_t = want_t;
     g->asked_r = want_r;
-    if (send_script(q->w->redis, g->sc, g->ns, "", 0, 0, want_t, want_r, 0, on_grant_ask, a) != 0) {
+    if (send_script(q->w->redis, g->sc, g->ns, "", 0, 0, want_t, want_r, 0, period_ms, on_grant_ask,
+                    a) != 0) {
         free(a);
         return;
     }
@@ -767,7 +768,7 @@ static int send_reserve(struct request *r, const struct quota_scope *sc, int ns)
     request_hold(r);
     r->quota.sent_us = util_now_us();
     if (send_script(r->w->redis, sc, ns, r->quota.member, r->quota.tokens, 1, want_t, want_r,
-                    r->cfg->quota_lease_ms, on_reserve, r) != 0) {
+                    r->cfg->quota_lease_ms, r->cfg->quota_grant_ms, on_reserve, r) != 0) {
         request_release(r);
         return -1;
     }

@@ -8,8 +8,9 @@
 
 /* Reserve: KEYS = per scope (bucket hash, concurrency zset); ARGV = member,
  * tokens, lease_ms, requests (1, or 0 to ask only for a grant), grant tokens,
- * grant requests (0 0: no grant), then per scope rpm, tpm, tpd, tpmo, conc
- * (0 = no limit). Returns {ok, kind, retry_ms, req_limit, req_remaining,
+ * grant requests (0 0: no grant), grant_ms, then per scope rpm, tpm, tpd,
+ * tpmo, conc (0 = no limit). A refusal while grants may be out caps retry_ms
+ * at the time by which they are given back (2 x grant_ms after the last). Returns {ok, kind, retry_ms, req_limit, req_remaining,
  * req_reset_ms, tok_limit, tok_remaining, tok_reset_ms, day, month, too_large,
  * window, scope, granted_tokens, granted_requests, asked_tokens} (month is -1 when no scope
  * has a monthly limit; window: rpm|tpm|tpd|tpmo|concurrency; scope: 1-based

@@ -331,9 +331,9 @@ static struct resv reserve_g(const char *member, long n, long nreq, long gt, lon
     a[k++] = member;
     snprintf(num[u], 24, "%ld", n);
     a[k++] = num[u++];
-    a[k++] = "60000"; /* lease */
-    const long head[3] = {nreq, gt, gr};
-    for (int i = 0; i < 3; i++) {
+    a[k++] = "60000";                          /* lease */
+    const long head[4] = {nreq, gt, gr, 1000}; /* grant_ms */
+    for (int i = 0; i < 4; i++) {
         snprintf(num[u], 24, "%ld", head[i]);
         a[k++] = num[u++];
     }
@@ -624,11 +624,14 @@ static void test_lua_grants(void **state)
     assert_int_equal(v.gt, 50);
     assert_true(hget("q:{t}:a", "r") >= r0 - 4 && hget("q:{t}:a", "r") < r0 - 3);
     assert_int_equal(hget("q:{t}:a", "d"), 170);
-    /* a refused request takes no grant either */
+    /* a refused request takes no grant either; with grants out (the last one
+     * given back within 2 x 1000 ms), the retry is then, not at midnight */
     const unsigned tight[2][5] = {{0, 1000, 170, 0, 0}};
     v = reserve_g("g3", 10, 1, 20, 0, 1, tight);
     assert_int_equal(v.ok, 0);
     assert_int_equal(v.gt, 0);
+    assert_string_equal(v.window, "tpd");
+    assert_true(v.retry > 1500 && v.retry <= 2000);
     assert_int_equal(hget("q:{t}:a", "d"), 170);
     /* giving 150 tokens and 12 requests back */
     grant_return(150, 12, &v, 60, 1000);
