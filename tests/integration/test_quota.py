@@ -54,6 +54,25 @@ def records(redis):
     return out
 
 
+def fire(jobs, concurrency):
+    """Sends each (key, gateway, max_tokens) job as one chat completion, `concurrency`
+    at a time; returns the HTTP statuses."""
+    statuses = []
+    lock = threading.Lock()
+    with httpx.Client(limits=httpx.Limits(max_connections=128)) as http:
+        def one(job):
+            k, g, n = job
+            r = http.post(g.url + "/v1/chat/completions", timeout=30,
+                          headers={"Authorization": f"Bearer {k['key']}"},
+                          json={"model": "mock-model", "messages": MSGS, "max_tokens": n})
+            with lock:
+                statuses.append(r.status_code)
+
+        with ThreadPoolExecutor(max_workers=concurrency) as ex:
+            list(ex.map(one, jobs))
+    return statuses
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_mod, mock, redis_server):
     g = Gateway(tmp_mod, mock.url, extra_conf=quota_conf(redis_server, tmp_mod / "spool-1"),
@@ -491,21 +510,7 @@ def test_two_gateways_hold_a_tight_token_quota(tmp_mod, mock, gw, redis_server):
         before = len(records(redis_server))
         mock.reset()
         jobs = [(keys[i % len(keys)], (gw, gw2)[i % 2], 5 + i % 16) for i in range(240)]
-        statuses = []
-        lock = threading.Lock()
-
-        http = httpx.Client(limits=httpx.Limits(max_connections=128))
-
-        def one(job):
-            k, g, n = job
-            r = http.post(g.url + "/v1/chat/completions", timeout=30,
-                           headers={"Authorization": f"Bearer {k['key']}"},
-                           json={"model": "mock-model", "messages": MSGS, "max_tokens": n})
-            with lock:
-                statuses.append(r.status_code)
-
-        with ThreadPoolExecutor(max_workers=64) as ex:
-            list(ex.map(one, jobs))
+        statuses = fire(jobs, 64)
         assert set(statuses) <= {200, 429} and statuses.count(429) > 0
         recs = wait_until(lambda: len(records(redis_server)) - before == len(jobs) and
                           records(redis_server)[before:], "a usage record per request")

@@ -7,14 +7,12 @@ mock served, and once the unspent grants are given back, Redis's day counters
 equal the metered usage to the token. Conditions are polled, never slept on.
 """
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from conftest import Gateway, wait_until
-from test_quota import MSGS, make_key, quota_conf, records
+from test_quota import MSGS, fire, make_key, quota_conf, records
 
 GRANT_MS = 300
 
@@ -85,21 +83,7 @@ def test_two_gateways_with_grants_hold_tight_quotas(gws, mock, redis_server):
     mock.reset()
     admits = sum(counter(g, "llmgate_quota_grant_admits_total") for g in gws)
     jobs = [(keys[i % 4], gws[i // 4 % 2], 5 + i % 16) for i in range(400)]
-    statuses = []
-    lock = threading.Lock()
-    http = httpx.Client(limits=httpx.Limits(max_connections=64))
-
-    def one(job):
-        k, g, n = job
-        r = http.post(g.url + "/v1/chat/completions", timeout=30,
-                      headers={"Authorization": f"Bearer {k['key']}"},
-                      json={"model": "mock-model", "messages": MSGS, "max_tokens": n})
-        with lock:
-            statuses.append(r.status_code)
-
-    with ThreadPoolExecutor(max_workers=32) as ex:
-        list(ex.map(one, jobs))
-    http.close()
+    statuses = fire(jobs, 32)
     assert set(statuses) <= {200, 429} and statuses.count(429) > 0
     assert sum(counter(g, "llmgate_quota_grant_admits_total") for g in gws) > admits
 
