@@ -15,6 +15,7 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/routing_admin.c gateway/routing_admin.h \
 	gateway/scripts.c gateway/scripts.h \
 	gateway/keys.c gateway/keys.h \
+	gateway/promhist.c gateway/promhist.h \
 	gateway/grant.c gateway/grant.h \
 	gateway/quota.c gateway/quota.h \
 	gateway/localtok.c gateway/localtok.h \

@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "gateway/grant.h"
 #include "gateway/localtok.h"
+#include "gateway/promhist.h"
 #include "gateway/scripts.h"
 #include "gateway/server.h"
 #include "gateway/usage.h"
@@ -31,9 +32,8 @@
  * is the reserve round trip as the worker sees it (send to reply handled). */
 static const double reserve_le_s[] = {0.00005, 0.0001, 0.0002, 0.0005, 0.001,
                                       0.002,   0.005,  0.01,   0.05};
-#define N_LE (sizeof reserve_le_s / sizeof reserve_le_s[0])
+static struct promhist reserve_hist = PROMHIST_INIT(reserve_le_s);
 static struct {
-    _Atomic unsigned long long buckets[N_LE + 1], sum_us, count;
     _Atomic unsigned long long denied, local_admits, unavailable, settles, settle_calls, spooled;
     _Atomic unsigned long long grant_admits, grant_asks, grant_tokens, grant_returned;
 } qm;
@@ -41,16 +41,6 @@ static struct {
 static void count(_Atomic unsigned long long *c, unsigned long long n)
 {
     atomic_fetch_add_explicit(c, n, memory_order_relaxed);
-}
-
-static void observe_reserve(uint64_t us)
-{
-    size_t b = 0;
-    while (b < N_LE && (double)us > reserve_le_s[b] * 1e6)
-        b++;
-    count(&qm.buckets[b], 1);
-    count(&qm.sum_us, us);
-    count(&qm.count, 1);
 }
 
 static void metric(struct evbuffer *out, const char *name, const char *help,
@@ -61,23 +51,9 @@ static void metric(struct evbuffer *out, const char *name, const char *help,
 
 void quota_metrics_write(struct evbuffer *out)
 {
-    evbuffer_add_printf(out, "# HELP llmgate_quota_reserve_seconds Reserve script round trip "
-                             "(Redis and the network, as a worker sees it).\n"
-                             "# TYPE llmgate_quota_reserve_seconds histogram\n");
-    unsigned long long cum = 0;
-    for (size_t b = 0; b <= N_LE; b++) {
-        cum += atomic_load_explicit(&qm.buckets[b], memory_order_relaxed);
-        if (b < N_LE)
-            evbuffer_add_printf(out, "llmgate_quota_reserve_seconds_bucket{le=\"%g\"} %llu\n",
-                                reserve_le_s[b], cum);
-        else
-            evbuffer_add_printf(out, "llmgate_quota_reserve_seconds_bucket{le=\"+Inf\"} %llu\n",
-                                cum);
-    }
-    evbuffer_add_printf(out, "llmgate_quota_reserve_seconds_sum %.6f\n",
-                        (double)atomic_load_explicit(&qm.sum_us, memory_order_relaxed) / 1e6);
-    evbuffer_add_printf(out, "llmgate_quota_reserve_seconds_count %llu\n",
-                        atomic_load_explicit(&qm.count, memory_order_relaxed));
+    promhist_header(out, "llmgate_quota_reserve_seconds",
+                    "Reserve script round trip (Redis and the network, as a worker sees it).");
+    promhist_write(out, "llmgate_quota_reserve_seconds", NULL, NULL, &reserve_hist);
     metric(out, "llmgate_quota_denied_total", "Requests refused with 429 by a quota.", &qm.denied);
     metric(out, "llmgate_quota_local_admits_total",
            "Requests admitted by the local fail-open limiter while Redis was unreachable.",
@@ -661,7 +637,7 @@ static bool admit_from_grant(struct request *r, struct grant *g)
 static void on_reserve(const struct redisReply *reply, void *ud)
 {
     struct request *r = ud;
-    if (reply) observe_reserve(util_now_us() - r->quota.sent_us);
+    if (reply) promhist_observe(&reserve_hist, util_now_us() - r->quota.sent_us);
     struct quota_scope sc[QUOTA_MAX_SCOPES];
     int ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
     if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 17) {

@@ -16,6 +16,7 @@
 #include "gateway/accesslog.h"
 #include "gateway/admin.h"
 #include "gateway/cachestage.h"
+#include "gateway/promhist.h"
 #include "gateway/keys.h"
 #include "gateway/quota.h"
 #include "gateway/relay.h"
@@ -245,6 +246,26 @@ void request_release(struct request *r)
     if (--r->refs == 0) request_free(r);
 }
 
+/* Gateway time per request, by where its answer came from. */
+static const double duration_le_s[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                       0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5,
+                                       5,      10,      30,     60,    120};
+enum answer_source { SRC_CACHE, SRC_UPSTREAM, SRC_GATEWAY, N_SOURCES };
+static const char *const source_names[N_SOURCES] = {"cache", "upstream", "gateway"};
+static struct promhist durations[N_SOURCES] = {
+    PROMHIST_INIT(duration_le_s), PROMHIST_INIT(duration_le_s), PROMHIST_INIT(duration_le_s)};
+
+void request_metrics_write(struct evbuffer *out)
+{
+    static const char *const name = "llmgate_request_duration_seconds";
+    promhist_header(out, name,
+                    "Gateway time of a request, from its arrival to its answer handed to the "
+                    "socket (a stream: to its end), by source: the response cache, an upstream, "
+                    "or the gateway itself (errors, 429s, model lists).");
+    for (int i = 0; i < N_SOURCES; i++)
+        promhist_write(out, name, "source", source_names[i], &durations[i]);
+}
+
 void request_end(struct request *r)
 {
     if (r->finished) return;
@@ -259,6 +280,10 @@ void request_end(struct request *r)
         r->conn = NULL;
     }
     uint64_t now = util_now_us();
+    enum answer_source src = r->usage.from_cache ? SRC_CACHE
+                             : r->t_up_us        ? SRC_UPSTREAM
+                                                 : SRC_GATEWAY;
+    promhist_observe(&durations[src], now - r->t0_us);
     struct accesslog_entry e = {
         .ts_ms = util_wall_ms(),
         .request_id = r->id,

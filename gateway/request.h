@@ -145,6 +145,8 @@ void request_start(struct worker *w, struct conn *c, struct evhttp_request *req,
                    const char *path, uint64_t t0_us);
 /* Frees the requests a worker keeps for reuse (at worker exit). */
 void request_spares_free(struct worker *w);
+/* Appends the request duration histograms (Prometheus text) to out. */
+void request_metrics_write(struct evbuffer *out);
 /* Continues the pipeline after a stage that returned STAGE_ASYNC. */
 void request_resume(struct request *r);
 /* Answers with an OpenAI-shaped error (nothing may have been sent yet) and ends

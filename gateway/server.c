@@ -205,13 +205,14 @@ void server_metric_counter(struct evbuffer *out, const char *name, const char *h
                         v);
 }
 
-/* GET /metrics: Prometheus text (routing, cache and quota metrics). */
+/* GET /metrics: Prometheus text (routing, cache, quota and request-duration metrics). */
 static void handle_metrics(struct worker *w, struct evhttp_request *req, const char *rid)
 {
     struct evbuffer *b = evbuffer_new();
     if (b) routing_admin_metrics(b);
     if (b) cachestage_metrics_write(b);
     if (b) quota_metrics_write(b);
+    if (b) request_metrics_write(b);
     server_common_headers(req, rid, w->draining);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_remove_header(h, "Content-Type");

@@ -140,6 +140,34 @@ def test_miss_then_hit_buffered(gw, mock):
     assert upstream_count(mock) == n0 + 2
 
 
+def durations(gw):
+    """llmgate_request_duration_seconds: {(source, le): count} plus {(source, "count"): n}."""
+    text = httpx.get(gw.url + "/metrics", timeout=5).text
+    out = {(m.group(1), m.group(2)): int(m.group(3)) for m in re.finditer(
+        r'^llmgate_request_duration_seconds_bucket\{source="(\w+)",le="([^"]+)"\} (\d+)$',
+        text, re.M)}
+    for m in re.finditer(r'^llmgate_request_duration_seconds_count\{source="(\w+)"\} (\d+)$',
+                         text, re.M):
+        out[(m.group(1), "count")] = int(m.group(2))
+    return out
+
+
+def test_request_durations_by_source(gw, mock):
+    """The gateway-time histogram counts each request once, under where its answer came
+    from; cumulative buckets end at the count."""
+    before = durations(gw)
+    m = msgs()
+    assert ask(gw, m, max_tokens=5).headers["x-llmgate-cache"] == "miss"
+    assert ask(gw, m, max_tokens=5).headers["x-llmgate-cache"] == "hit"
+    assert ask(gw, m, max_tokens=5, stream=True).headers["x-llmgate-cache"] == "hit"
+    assert ask(gw, m, key="not-a-key").status_code == 401
+    after = durations(gw)
+    for src, n in (("cache", 2), ("upstream", 1), ("gateway", 1)):
+        assert after[(src, "count")] - before[(src, "count")] == n, src
+        assert after[(src, "+Inf")] == after[(src, "count")]
+        assert after[(src, "0.0001")] <= after[(src, "0.001")] <= after[(src, "+Inf")]
+
+
 def test_sdk_gets_identical_content_streamed_and_not(gw, mock):
     client = gw.client()
     m = msgs()
