@@ -205,7 +205,7 @@ void server_metric_counter(struct evbuffer *out, const char *name, const char *h
                         v);
 }
 
-/* GET /metrics: Prometheus text (routing, cache, quota and request-duration metrics). */
+/* GET /metrics: Prometheus text (routing, cache, quota, request durations, loop lag). */
 static void handle_metrics(struct worker *w, struct evhttp_request *req, const char *rid)
 {
     struct evbuffer *b = evbuffer_new();
@@ -213,6 +213,7 @@ static void handle_metrics(struct worker *w, struct evhttp_request *req, const c
     if (b) cachestage_metrics_write(b);
     if (b) quota_metrics_write(b);
     if (b) request_metrics_write(b);
+    if (b) worker_metrics_write(b);
     server_common_headers(req, rid, w->draining);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_remove_header(h, "Content-Type");

@@ -11,9 +11,11 @@
 
 #include "cache/redis.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "gateway/cachestage.h"
 #include "gateway/health.h"
 #include "gateway/keys.h"
+#include "gateway/promhist.h"
 #include "gateway/quota.h"
 #include "gateway/request.h"
 #include "gateway/server.h"
@@ -33,7 +35,7 @@ static long max_host_conns(const struct config *cfg)
 static void exit_soon(struct worker *w)
 {
     quota_return_grants(w->quota); /* unspent grants back to the shared pool */
-    quota_flush(w->quota); /* the last settles leave with the last replies */
+    quota_flush(w->quota);         /* the last settles leave with the last replies */
     struct timeval tv = {.tv_sec = 0, .tv_usec = DRAIN_FLUSH_MS * 1000};
     event_base_loopexit(w->base, &tv);
 }
@@ -74,6 +76,33 @@ void worker_request_done(struct worker *w)
 {
     w->active--;
     if (w->draining && w->active == 0) exit_soon(w);
+}
+
+/* Event-loop lag: a timer every LAG_TICK_MS records how late it runs. A late
+ * tick means the worker was busy with other events or not on a CPU, and every
+ * request that arrived meanwhile waited that long before the worker read it:
+ * time the request-duration histogram cannot see. */
+#define LAG_TICK_MS 20
+static const double lag_le_s[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                  0.01,   0.025,   0.05,   0.1,   0.25,   1};
+static struct promhist loop_lag = PROMHIST_INIT(lag_le_s);
+
+static void on_lag_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    uint64_t now = util_now_us();
+    promhist_observe(&loop_lag, now > w->lag_due_us ? now - w->lag_due_us : 0);
+    w->lag_due_us = now + LAG_TICK_MS * 1000;
+}
+
+void worker_metrics_write(struct evbuffer *out)
+{
+    promhist_header(out, "llmgate_event_loop_lag_seconds",
+                    "How late a worker's 20 ms timer ran (busy with other events, or off the "
+                    "CPU): requests arriving meanwhile waited as long before being read.");
+    promhist_write(out, "llmgate_event_loop_lag_seconds", NULL, NULL, &loop_lag);
 }
 
 /* Runs on the worker's thread when another thread posted something. */
@@ -142,6 +171,12 @@ int worker_init(struct worker *w, struct gateway *gw, unsigned index, struct con
         return -1;
     }
     event_add(w->wake, NULL);
+    w->lag = event_new(w->base, -1, EV_PERSIST, on_lag_tick, w);
+    if (w->lag) {
+        const struct timeval tick = {.tv_sec = 0, .tv_usec = LAG_TICK_MS * 1000};
+        w->lag_due_us = util_now_us() + LAG_TICK_MS * 1000;
+        event_add(w->lag, &tick);
+    }
     if (server_init(w, err, errlen) != 0) return -1;
     if (index == 0 && health_start(w) != 0) {
         snprintf(err, errlen, "cannot start the upstream health probe");
@@ -199,6 +234,7 @@ void worker_join(struct worker *w)
     request_spares_free(w);
     if (w->drain_timer) event_free(w->drain_timer);
     if (w->wake) event_free(w->wake);
+    if (w->lag) event_free(w->lag);
     if (w->base) event_base_free(w->base);
     if (!w->bound && w->listen_fd >= 0 && !w->draining) close(w->listen_fd);
     config_unref(w->cfg);

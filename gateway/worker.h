@@ -4,10 +4,12 @@
 #ifndef LLMGATE_GATEWAY_WORKER_H
 #define LLMGATE_GATEWAY_WORKER_H
 
+#include <event2/buffer.h>
 #include <event2/util.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "gateway/config.h"
 
@@ -35,6 +37,8 @@ struct worker {
     struct config *cfg;               /* this worker's snapshot (one reference) */
     struct event *wake;               /* made active by other threads */
     struct event *health;             /* worker 0 only: upstream probe timer */
+    struct event *lag;                /* event-loop lag probe (LAG_TICK_MS) */
+    uint64_t lag_due_us;              /* when the probe should fire next */
 
     pthread_mutex_t mu;     /* guards the two fields below */
     struct config *pending; /* next snapshot, one reference */
@@ -69,5 +73,7 @@ void worker_post_stop(struct worker *w);
 void worker_join(struct worker *w);
 /* Called by the request path when a request ends; ends the drain when idle. */
 void worker_request_done(struct worker *w);
+/* Appends the event-loop lag histogram (all workers, Prometheus text) to out. */
+void worker_metrics_write(struct evbuffer *out);
 
 #endif

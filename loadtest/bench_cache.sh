@@ -148,26 +148,36 @@ run_one() { # target stream(0|1) run(saturation|fixed) rate
     else args+=(--rate "$rate" --connections "$OPEN_CONNS" --spin-us "$SPIN"); fi
     local before=0
     [ "$t" = llmgate-hit ] && before=$(mock_count)
-    [ "$t,$r" = llmgate-hit,fixed ] && cache_hist >"$tmp/hist.before"
+    [ "$t,$r" = llmgate-hit,fixed ] && { hist "$HIT_HIST" >"$tmp/hit.before"; hist "$LAG_HIST" >"$tmp/lag.before"; }
     line=$("${pin_client[@]}" "$LOADGEN" "${args[@]}")
     [ "$t" = llmgate-hit ] && hit_upstream=$((hit_upstream + $(mock_count) - before))
-    [ "$t,$r" = llmgate-hit,fixed ] && cache_hist | paste -d' ' "$tmp/hist.before" - |
-        awk -v s="$s" '{ le[NR] = $1; d[NR] = $4 - $2 } END { n = d[NR]; p = "n/a"
-            for (i = 1; i <= NR; i++) { if (le[i] == "0.0005") a = d[i]; if (le[i] == "0.001") b = d[i]
-                if (p == "n/a" && d[i] >= 0.99 * n) p = le[i] }
-            if (n > 0) printf "%s %s %.2f %.2f\n", s, p, a / n * 100, b / n * 100
-            else printf "%s n/a n/a n/a\n", s }' >>"$tmp/gwtime"
+    if [ "$t,$r" = llmgate-hit,fixed ]; then
+        hist "$HIT_HIST" | hist_delta "$s" "$tmp/hit.before" >>"$tmp/gwtime"
+        hist "$LAG_HIST" | hist_delta "$s" "$tmp/lag.before" >>"$tmp/lagtime"
+    fi
     echo "$t,$s,$r,$line" >>"$csv"
     log "$t,$s,$r,$line"
 }
 
-# The gateway's own time for its cache answers: llmgate_request_duration_seconds{source="cache"}
-# as "le count" lines (warmup included; the loadgen's warmup is 1 s of the same load).
-cache_hist() {
-    curl -s --max-time 10 "$GW_URL/metrics" |
-        sed -n 's/^llmgate_request_duration_seconds_bucket{source="cache",le="\([^"]*\)"} \([0-9]*\)$/\1 \2/p'
+# The gateway's own histograms, as "le count" lines (warmup included; the loadgen's
+# warmup is 1 s of the same load): its time for cache answers, and its event-loop lag.
+HIT_HIST='llmgate_request_duration_seconds_bucket{source="cache",'
+LAG_HIST='llmgate_event_loop_lag_seconds_bucket{'
+hist() { # PREFIX
+    curl -s --max-time 10 "$GW_URL/metrics" | grep -F "$1" |
+        sed -n 's/.*le="\([^"]*\)"} \([0-9]*\)$/\1 \2/p'
+}
+# stdin: the histogram after a run; $2: before. Prints: stream p99-bucket %<=0.5ms %<=1ms
+hist_delta() { # STREAM BEFORE
+    paste -d' ' "$2" - |
+        awk -v s="$1" '{ le[NR] = $1; d[NR] = $4 - $2 } END { n = d[NR]; p = "n/a"
+            for (i = 1; i <= NR; i++) { if (le[i] == "0.0005") a = d[i]; if (le[i] == "0.001") b = d[i]
+                if (p == "n/a" && d[i] >= 0.99 * n) p = le[i] }
+            if (n > 0) printf "%s %s %.2f %.2f\n", s, p, a / n * 100, b / n * 100
+            else printf "%s n/a n/a n/a\n", s }'
 }
 : >"$tmp/gwtime"
+: >"$tmp/lagtime"
 
 mock_count() {
     curl -s "http://127.0.0.1:$MOCK_PORT/mock/stats" |
@@ -224,6 +234,10 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_ROUNDS=$ROUNDS BENCH_CONNECT
     echo "  socket, warmup included), as the bucket holding the p99 and the share within 0.5 / 1 ms:"
     awk '{ printf "  %s: p99 <= %s s, %s %% within 0.5 ms, %s %% within 1 ms\n",
         ($1 == 1 ? "streaming" : "non-streaming"), $2, $3, $4 }' "$tmp/gwtime"
+    echo "- The worker's event-loop lag in the same runs (\`llmgate_event_loop_lag_seconds\`, a"
+    echo "  20 ms timer's delay: time a request may wait unread while the worker is busy or off the CPU):"
+    awk '{ printf "  %s: p99 <= %s s, %s %% within 0.5 ms, %s %% within 1 ms\n",
+        ($1 == 1 ? "streaming" : "non-streaming"), $2, $3, $4 }' "$tmp/lagtime"
     echo
     echo "| target | stream | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors |"
     echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"

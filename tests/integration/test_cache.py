@@ -168,6 +168,19 @@ def test_request_durations_by_source(gw, mock):
         assert after[(src, "0.0001")] <= after[(src, "0.001")] <= after[(src, "+Inf")]
 
 
+def test_event_loop_lag_is_sampled(gw):
+    """Each worker's 20 ms lag probe feeds llmgate_event_loop_lag_seconds."""
+    def lag():
+        text = httpx.get(gw.url + "/metrics", timeout=5).text
+        count = int(re.search(r"^llmgate_event_loop_lag_seconds_count (\d+)$", text, re.M)[1])
+        inf = int(re.search(r'^llmgate_event_loop_lag_seconds_bucket\{le="\+Inf"\} (\d+)$',
+                            text, re.M)[1])
+        return count, inf
+    first = lag()[0]
+    count, inf = wait_until(lambda: lag()[0] > first + 5 and lag(), "lag probe ticks")
+    assert inf >= count - 2  # a scrape may land between a bucket and the count
+
+
 def test_sdk_gets_identical_content_streamed_and_not(gw, mock):
     client = gw.client()
     m = msgs()
