@@ -172,8 +172,8 @@ size_t grant_sweep(struct grant_table *t, uint64_t now_ms, unsigned period_ms, b
             }
             if (has) holding++;
             roll(g, now_ms, period_ms);
-            bool idle = !has && !grant_asking(g, now_ms) &&
-                        now_ms - g->last_demand_ms >= 4ull * period_ms;
+            bool idle =
+                !has && !grant_asking(g, now_ms) && now_ms - g->last_demand_ms >= 4ull * period_ms;
             if (idle) {
                 *p = g->next;
                 free(g);

@@ -10,12 +10,12 @@
  * tokens, lease_ms, requests (1, or 0 to ask only for a grant), grant tokens,
  * grant requests (0 0: no grant), grant_ms, then per scope rpm, tpm, tpd,
  * tpmo, conc (0 = no limit). A refusal while grants may be out caps retry_ms
- * at the time by which they are given back (2 x grant_ms after the last). Returns {ok, kind, retry_ms, req_limit, req_remaining,
- * req_reset_ms, tok_limit, tok_remaining, tok_reset_ms, day, month, too_large,
- * window, scope, granted_tokens, granted_requests, asked_tokens} (month is -1 when no scope
- * has a monthly limit; window: rpm|tpm|tpd|tpmo|concurrency; scope: 1-based
- * index). The grant is all or nothing, taken only with an admitted request and
- * only while every window keeps twice the grant (gateway/grant.h). */
+ * at the time by which they are given back (2 x grant_ms after the last). Returns {ok, kind,
+ * retry_ms, req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms, day,
+ * month, too_large, window, scope, granted_tokens, granted_requests, asked_tokens} (month is -1
+ * when no scope has a monthly limit; window: rpm|tpm|tpd|tpmo|concurrency; scope: 1-based index).
+ * The grant is all or nothing, taken only with an admitted request and only while every window
+ * keeps twice the grant (gateway/grant.h). */
 extern struct redis_script script_reserve;
 /* A grant's unspent part back: KEYS = the class's bucket hashes; ARGV = tokens,
  * requests, day, month (the grant's windows), then per scope rpm, tpm. */
