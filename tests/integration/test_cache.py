@@ -101,6 +101,16 @@ def ask(gw, messages, key=API_KEY, headers=None, **kw):
     return r
 
 
+def ok_records(redis, key_id):
+    """The usage records of key_id's successful requests, oldest first."""
+    out = []
+    for _id, f in redis.cmd("XRANGE", "llmgate:usage", "-", "+"):
+        d = dict(zip(f[::2], f[1::2]))
+        if d["key_id"] == key_id and d["status"] == "200":
+            out.append(d)
+    return out
+
+
 def sse_events(text):
     assert text.endswith("data: [DONE]\n\n"), text[-200:]
     return [json.loads(e[6:]) for e in text.split("\n\n") if e.startswith("data: {")]
@@ -300,14 +310,8 @@ def test_hit_is_metered_without_upstream_cost(gw, redis_server):
     # the hit counted as a request: the third one is over 2 per minute
     assert ask(gw, m, key=k["key"], max_tokens=5).status_code == 429
 
-    def recs():
-        out = []
-        for _id, f in redis_server.cmd("XRANGE", "llmgate:usage", "-", "+"):
-            d = dict(zip(f[::2], f[1::2]))
-            if d["key_id"] == k["id"] and d["status"] == "200":
-                out.append(d)
-        return len(out) == 2 and out
-    miss, hit = wait_until(recs, "two usage records")
+    miss, hit = wait_until(lambda: len(ok_records(redis_server, k["id"])) == 2 and
+                           ok_records(redis_server, k["id"]), "two usage records")
     assert miss["cached_tokens"] == "0" and hit["completion_tokens"] == "5"
     assert int(hit["cached_tokens"]) == int(hit["prompt_tokens"]) + 5
     assert hit["cost_microusd"] == "0" and hit["status"] == "200"
@@ -497,14 +501,8 @@ def test_l1_hits_are_metered_like_redis_hits(gw1, redis_server):
     # the L1 hits counted as requests: the fourth one is over 3 per minute
     assert ask(gw1, m, key=k["key"], max_tokens=5).status_code == 429
 
-    def recs():
-        out = []
-        for _id, f in redis_server.cmd("XRANGE", "llmgate:usage", "-", "+"):
-            d = dict(zip(f[::2], f[1::2]))
-            if d["key_id"] == k["id"] and d["status"] == "200":
-                out.append(d)
-        return len(out) == 3 and out
-    miss, *hits = wait_until(recs, "three usage records")
+    miss, *hits = wait_until(lambda: len(ok_records(redis_server, k["id"])) == 3 and
+                             ok_records(redis_server, k["id"]), "three usage records")
     assert miss["cached_tokens"] == "0"
     for hit in hits:
         assert hit["completion_tokens"] == "5" and hit["cost_microusd"] == "0"
