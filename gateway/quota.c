@@ -638,11 +638,16 @@ static void on_reserve(const struct redisReply *reply, void *ud)
 {
     struct request *r = ud;
     if (reply) promhist_observe(&reserve_hist, util_now_us() - r->quota.sent_us);
+    bool answered = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 17;
+    bool asked = answered && reply_int(reply, 16) > 0;
+    /* The scopes: for grants and the fail-open limiter only (not on the plain path). */
     struct quota_scope sc[QUOTA_MAX_SCOPES];
-    int ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
-    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 17) {
+    int ns = 0;
+    if (!answered || asked || r->cfg->quota_grant_ms)
+        ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
+    if (asked) {
         struct grant *g = grant_get(&r->w->quota->grants, sc, ns, false);
-        if (g && reply_int(reply, 16) > 0) g->asking_until_ms = 0; /* the ask was this one */
+        if (g) g->asking_until_ms = 0; /* the ask was this one */
         take_grant(r->w->quota, sc, ns, reply, r->cfg->quota_grant_ms);
     }
     if (r->finished) {
@@ -650,7 +655,7 @@ static void on_reserve(const struct redisReply *reply, void *ud)
         return;
     }
     enum stage_rc rc;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 17) {
+    if (!answered) {
         if (reply && reply->type == REDIS_REPLY_ERROR)
             log_warn("quota", "reserve script failed: %s", reply->str);
         rc = redis_down(r, sc, ns);
@@ -668,7 +673,8 @@ static void on_reserve(const struct redisReply *reply, void *ud)
         if (reply_int(reply, 0) == 1) {
             q->redis = true;
             /* A grant taken with this request counts in what the client may still use. */
-            struct grant *g = grant_get(&r->w->quota->grants, sc, ns, false);
+            struct grant *g =
+                r->cfg->quota_grant_ms ? grant_get(&r->w->quota->grants, sc, ns, false) : NULL;
             if (g && g->expires_ms > util_now_ms()) {
                 struct grant_headers h = {q->req_limit, q->req_remaining, q->req_reset_ms,
                                           q->tok_limit, q->tok_remaining, q->tok_reset_ms};
