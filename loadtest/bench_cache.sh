@@ -37,7 +37,8 @@ KEY=bench-key-not-secret-0123456789
 MOCK=$BUILDDIR/llmgate-mock
 LOADGEN=$BUILDDIR/llmgate-loadgen
 GW=$BUILDDIR/llmgate
-for b in "$MOCK" "$LOADGEN" "$GW"; do
+PROBE=$BUILDDIR/llmgate-stallprobe
+for b in "$MOCK" "$LOADGEN" "$GW" "$PROBE"; do
     [ -x "$b" ] || { echo "bench_cache: $b not found (build it first)" >&2; exit 2; }
 done
 for c in "$NGINX" "$REDIS" curl; do
@@ -130,7 +131,18 @@ curl -s --max-time 5 -d "$body_plain" "$NGINX_URL/plain.json" | cmp -s - "$tmp/p
 
 # ---- runs -----------------------------------------------------------------------
 csv=$tmp/cache.csv
-echo "target,stream,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us" >"$csv"
+echo "target,stream,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,server_cpu_pct" >"$csv"
+
+# CPU time (clock ticks) a process has used, all its threads; the server under
+# test is nginx's worker or the gateway (Redis and the mock are idle on hits).
+CLK_TCK=$(getconf CLK_TCK)
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+server_pid() { # TARGET
+    case $1 in
+    nginx-static) pgrep -P "$nginx_pid" | head -1 ;;
+    *) echo "$gw_pid" ;;
+    esac
+}
 
 run_one() { # target stream(0|1) run(saturation|fixed) rate
     local t=$1 s=$2 r=$3 rate=$4 url body=$body_plain line extra=()
@@ -149,7 +161,14 @@ run_one() { # target stream(0|1) run(saturation|fixed) rate
     local before=0
     [ "$t" = llmgate-hit ] && before=$(mock_count)
     [ "$t,$r" = llmgate-hit,fixed ] && { hist "$HIT_HIST" >"$tmp/hit.before"; hist "$LAG_HIST" >"$tmp/lag.before"; }
+    local spid t0 c0
+    spid=$(server_pid "$t")
+    t0=$(date +%s%N)
+    c0=$(ticks "$spid")
     line=$("${pin_client[@]}" "$LOADGEN" "${args[@]}")
+    # The server's CPU use over the whole run (warmup included): its utilisation.
+    line="$line,$(awk -v c="$(($(ticks "$spid") - c0))" -v hz="$CLK_TCK" -v ns="$(($(date +%s%N) - t0))" \
+        'BEGIN { printf "%.1f", c / hz / (ns / 1e9) * 100 }')"
     [ "$t" = llmgate-hit ] && hit_upstream=$((hit_upstream + $(mock_count) - before))
     if [ "$t,$r" = llmgate-hit,fixed ]; then
         hist "$HIT_HIST" | hist_delta "$s" "$tmp/hit.before" >>"$tmp/gwtime"
@@ -204,6 +223,21 @@ for s in 0 1; do
 done
 hits=$(curl -s "$GW_URL/metrics" | sed -n 's/^llmgate_cache_hits_total //p')
 
+# ---- the platform alone -----------------------------------------------------------
+# A spinning probe on the servers' CPU (no load on the servers), first with the
+# loadgen's CPU idle, then with that CPU busy too, as it is in the fixed-rate runs:
+# the stalls the machine adds by itself, which every target's tail includes.
+probe=$tmp/probe.csv
+: >"$probe"
+if [ "$PIN" = 1 ]; then
+    "${pin_server[@]}" "$PROBE" 5 "server CPU; client CPU idle" >>"$probe"
+    "${pin_client[@]}" "$PROBE" 5 "client CPU; server CPU spinning" >"$tmp/probe0.csv" &
+    probe0=$!
+    "${pin_server[@]}" "$PROBE" 5 "server CPU; client CPU spinning" >>"$probe"
+    wait "$probe0"
+    cat "$tmp/probe0.csv" >>"$probe"
+fi
+
 # ---- report -----------------------------------------------------------------------
 mkdir -p "$OUTDIR"
 cp "$csv" "$OUTDIR/cache.csv"
@@ -238,12 +272,18 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_ROUNDS=$ROUNDS BENCH_CONNECT
     echo "  20 ms timer's delay: time a request may wait unread while the worker is busy or off the CPU):"
     awk '{ printf "  %s: p99 <= %s s, %s %% within 0.5 ms, %s %% within 1 ms\n",
         ($1 == 1 ? "streaming" : "non-streaming"), $2, $3, $4 }' "$tmp/lagtime"
+    if [ -s "$probe" ]; then
+        echo "- The platform alone (\`llmgate-stallprobe\`: a thread spinning 5 s on a clock, nothing"
+        echo "  else loaded; a gap between two readings is time the CPU was taken from it):"
+        awk -F, '{ printf "  %s: gaps over 0.5/1/2/5 ms: %s/%s/%s/%s, longest %s µs, %s ms lost\n",
+            $1, $3, $4, $5, $6, $7, $8 }' "$probe"
+    fi
     echo
-    echo "| target | stream | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    awk -F, 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+    echo "| target | stream | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | server CPU % |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F, 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
         $1, ($2 == 1 ? "yes" : "no"), $3 ($3 == "fixed" ? " @" $6 "/s" : ""), $11, $12, $13, $14,
-        $15, $16, $10 }' "$csv"
+        $15, $16, $10, $19 }' "$csv"
     echo
     python3 - "$csv" <<'PY'
 import csv, statistics, sys
@@ -255,15 +295,18 @@ for s in ("0", "1"):
     fixed = {t: [int(r["p99_us"]) for r in rows if r["target"] == t and r["stream"] == s
                  and r["run"] == "fixed"] for t in ("nginx-static", "llmgate-hit")}
     p99 = {t: statistics.median(v) for t, v in fixed.items()}
+    busy = {t: statistics.median(float(r["server_cpu_pct"]) for r in rows if r["target"] == t
+                                 and r["stream"] == s and r["run"] == "fixed")
+            for t in ("nginx-static", "llmgate-hit")}
     print("%s (median saturation req/s: nginx-static %.0f, llmgate-hit %.0f, llmgate-pass %.0f): "
           "cache hits at **%.2f x** nginx static throughput (goal >= 0.7), %.2f x the pass-through "
           "path; hit p99 at half saturation **%d µs** (median of %s; goal < 1000; nginx static: "
-          "%d µs, median of %s).\n" % (
+          "%d µs, median of %s). Server CPU busy at that rate: llmgate %.0f %%, nginx %.0f %%.\n" % (
               "Streaming" if s == "1" else "Non-streaming", sat["nginx-static"], sat["llmgate-hit"],
               sat["llmgate-pass"], sat["llmgate-hit"] / sat["nginx-static"],
               sat["llmgate-hit"] / sat["llmgate-pass"], p99["llmgate-hit"],
               "/".join(map(str, fixed["llmgate-hit"])), p99["nginx-static"],
-              "/".join(map(str, fixed["nginx-static"]))))
+              "/".join(map(str, fixed["nginx-static"])), busy["llmgate-hit"], busy["nginx-static"]))
 PY
 } >"$OUTDIR/cache.md"
 log "wrote $OUTDIR/cache.csv and $OUTDIR/cache.md"

@@ -9,6 +9,11 @@ llmgate_loadgen_SOURCES = loadtest/loadgen.c loadtest/histogram.c loadtest/histo
 llmgate_loadgen_CFLAGS = $(AM_CFLAGS) $(LIBEVENT_CFLAGS)
 llmgate_loadgen_LDADD = $(COMMON_LIBS) $(LIBEVENT_LIBS) -lm
 
+# How often the platform takes a CPU away (reported beside the cache benchmark).
+noinst_PROGRAMS += llmgate-stallprobe
+llmgate_stallprobe_SOURCES = loadtest/stallprobe.c
+llmgate_stallprobe_LDADD = $(COMMON_LIBS)
+
 dist_noinst_SCRIPTS += loadtest/bench_proxy.sh loadtest/bench_engine.sh loadtest/bench_cache.sh \
 	loadtest/bench_quota.sh
 EXTRA_DIST += loadtest/README.md loadtest/lib.sh loadtest/results
