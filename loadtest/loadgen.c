@@ -111,8 +111,9 @@ struct lg_conn {
     int busy;
     int measured; /* the request in flight counts */
     uint64_t sched_us;
-    uint64_t sent_us;
-    int failures; /* consecutive connection failures, for backoff */
+    uint64_t sent_us;    /* handed to the connection */
+    uint64_t written_us; /* the whole request in the socket; 0 until then */
+    int failures;        /* consecutive connection failures, for backoff */
     /* parser */
     enum parse_state ps;
     int status;
@@ -148,6 +149,10 @@ struct lg_thread {
     struct lg_counts c;
     uint64_t responses; /* measured responses received (any status) */
     struct histogram lat, ttfb;
+    /* The scheduled-to-response latency split in two: scheduled to written (the
+     * load generator's own lateness or a wait for a free connection) and
+     * written to response (the target, the network, and the client's reading). */
+    struct histogram send_lag, service;
 };
 
 static void conn_connect(struct lg_conn *c);
@@ -186,6 +191,9 @@ static void request_done(struct lg_conn *c, uint64_t *err_counter)
             t->responses++;
             hist_record(&t->lat, now - c->sched_us);
             if (c->got_body) hist_record(&t->ttfb, c->ttfb_us - c->sched_us);
+            uint64_t written = c->written_us ? c->written_us : c->sent_us;
+            hist_record(&t->send_lag, written - c->sched_us);
+            hist_record(&t->service, now - written);
             if (c->status < 200 || c->status > 299)
                 t->c.non2xx++;
             else if (c->sse && !memmem(c->tail, c->tail_len, "[DONE]", 6))
@@ -244,6 +252,7 @@ static void conn_send(struct lg_conn *c, uint64_t sched_us, int measured)
     c->measured = measured;
     c->sched_us = sched_us;
     c->sent_us = util_now_us();
+    c->written_us = 0;
     t->inflight++;
     conn_reset_parser(c);
     if (evbuffer_add_reference(bufferevent_get_output(c->bev), opt.request, opt.request_len, NULL,
@@ -516,6 +525,13 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
+/* The output buffer drained: the request is in the socket. */
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct lg_conn *c = arg;
+    if (c->busy && c->written_us == 0) c->written_us = util_now_us();
+}
+
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct lg_conn *c = arg;
@@ -545,7 +561,7 @@ static void conn_connect(struct lg_conn *c)
     struct lg_thread *t = c->t;
     c->bev = bufferevent_socket_new(t->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) return;
-    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&opt.addr, (int)opt.addrlen) != 0) {
         /* Fails synchronously only for local errors (no fds): retry later. */
@@ -641,6 +657,8 @@ static int thread_setup(struct lg_thread *t, int index, int nconns, uint64_t t0)
     t->t_deadline = t->t_end + (uint64_t)opt.timeout_ms * 1000 + 100000;
     hist_init(&t->lat);
     hist_init(&t->ttfb);
+    hist_init(&t->send_lag);
+    hist_init(&t->service);
     if (closed_loop()) {
         t->tick = evtimer_new(t->base, on_closed_end, t);
     } else {
@@ -822,8 +840,10 @@ static void usage(FILE *f)
             "  --csv-header       print the CSV header line first\n"
             "  --quiet            no summary on stderr\n"
             "output (stdout): label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,\n"
-            "  p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us\n"
-            "latency is measured from the scheduled send time (open loop)\n");
+            "  p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,\n"
+            "  send_lag_p99_us,service_p50_us,service_p99_us\n"
+            "latency is measured from the scheduled send time (open loop); send_lag is\n"
+            "scheduled to written into the socket, service is written to response\n");
 }
 
 static int parse_double(const char *s, double lo, double hi, double *out)
@@ -940,16 +960,20 @@ int main(int argc, char **argv)
     for (int i = 0; i < started; i++)
         pthread_join(threads[i].tid, NULL);
 
-    static struct histogram lat, ttfb;
+    static struct histogram lat, ttfb, send_lag, service;
     struct lg_counts sum;
     uint64_t responses = 0;
     memset(&sum, 0, sizeof sum);
     hist_init(&lat);
     hist_init(&ttfb);
+    hist_init(&send_lag);
+    hist_init(&service);
     for (int i = 0; i < opt.threads; i++) {
         struct lg_thread *t = &threads[i];
         hist_merge(&lat, &t->lat);
         hist_merge(&ttfb, &t->ttfb);
+        hist_merge(&send_lag, &t->send_lag);
+        hist_merge(&service, &t->service);
         responses += t->responses;
         sum.sent += t->c.sent;
         sum.ok += t->c.ok;
@@ -964,16 +988,20 @@ int main(int argc, char **argv)
                       sum.unfinished;
     if (opt.csv_header)
         printf("label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,"
-               "p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us\n");
-    printf("%s,%s,%g,%g,%llu,%llu,%llu,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,%llu\n", opt.label,
-           closed_loop() ? "closed" : "open", opt.rate, opt.duration_s,
+               "p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,send_lag_p99_us,service_p50_us,"
+               "service_p99_us\n");
+    printf("%s,%s,%g,%g,%llu,%llu,%llu,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu\n",
+           opt.label, closed_loop() ? "closed" : "open", opt.rate, opt.duration_s,
            (unsigned long long)sum.sent, (unsigned long long)sum.ok, (unsigned long long)errors,
            (double)responses / opt.duration_s, (unsigned long long)hist_percentile(&lat, 50),
            (unsigned long long)hist_percentile(&lat, 90),
            (unsigned long long)hist_percentile(&lat, 99),
            (unsigned long long)hist_percentile(&lat, 99.9), (unsigned long long)lat.max,
            (unsigned long long)hist_percentile(&ttfb, 50),
-           (unsigned long long)hist_percentile(&ttfb, 99));
+           (unsigned long long)hist_percentile(&ttfb, 99),
+           (unsigned long long)hist_percentile(&send_lag, 99),
+           (unsigned long long)hist_percentile(&service, 50),
+           (unsigned long long)hist_percentile(&service, 99));
     fflush(stdout);
     if (!opt.quiet)
         fprintf(stderr,
