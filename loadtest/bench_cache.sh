@@ -131,7 +131,7 @@ curl -s --max-time 5 -d "$body_plain" "$NGINX_URL/plain.json" | cmp -s - "$tmp/p
 
 # ---- runs -----------------------------------------------------------------------
 csv=$tmp/cache.csv
-echo "target,stream,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,send_lag_p99_us,service_p50_us,service_p99_us,server_cpu_pct" >"$csv"
+echo "target,stream,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,send_lag_p99_us,service_p50_us,service_p99_us,wire_p50_us,wire_p99_us,wire_samples,server_cpu_pct" >"$csv"
 
 # CPU time (clock ticks) a process has used, all its threads; the server under
 # test is nginx's worker or the gateway (Redis and the mock are idle on hits).
@@ -280,13 +280,15 @@ cmd="BENCH_SECONDS=$SECS BENCH_WARMUP=$WARMUP BENCH_ROUNDS=$ROUNDS BENCH_CONNECT
     fi
     echo
     echo "Latency columns count from the scheduled send time; \"send lag\" is scheduled to written"
-    echo "(the load generator's own lateness), \"service\" is written to response."
+    echo "(the load generator's own lateness), \"service\" is written to response as the load"
+    echo "generator reads it, \"wire\" is the request handed to send() to the kernel's receive"
+    echo "timestamp of the response's last bytes (the load generator's own time off the CPU left out)."
     echo
-    echo "| target | stream | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | send lag p99 µs | service p99 µs | server CPU % |"
-    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    awk -F, 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+    echo "| target | stream | run | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | send lag p99 µs | service p99 µs | wire p99 µs | server CPU % |"
+    echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F, 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
         $1, ($2 == 1 ? "yes" : "no"), $3 ($3 == "fixed" ? " @" $6 "/s" : ""), $11, $12, $13, $14,
-        $15, $16, $10, $19, $21, $22 }' "$csv"
+        $15, $16, $10, $19, $21, $23, $25 }' "$csv"
     echo
     python3 - "$csv" <<'PY'
 import csv, statistics, sys
@@ -300,6 +302,8 @@ for s in ("0", "1"):
     p99 = {t: statistics.median(v) for t, v in fixed.items()}
     svc = {t: [int(r["service_p99_us"]) for r in rows if r["target"] == t and r["stream"] == s
                and r["run"] == "fixed"] for t in ("nginx-static", "llmgate-hit")}
+    wire = {t: [int(r["wire_p99_us"]) for r in rows if r["target"] == t and r["stream"] == s
+                and r["run"] == "fixed"] for t in ("nginx-static", "llmgate-hit")}
     busy = {t: statistics.median(float(r["server_cpu_pct"]) for r in rows if r["target"] == t
                                  and r["stream"] == s and r["run"] == "fixed")
             for t in ("nginx-static", "llmgate-hit")}
@@ -307,15 +311,18 @@ for s in ("0", "1"):
           "cache hits at **%.2f x** nginx static throughput (goal >= 0.7), %.2f x the pass-through "
           "path; hit p99 at half saturation **%d µs** (median of %s; goal < 1000; nginx static: "
           "%d µs, median of %s). From the written request (the load generator's lateness left "
-          "out): hit p99 %d µs (median of %s), nginx %d µs (median of %s). Server CPU busy at "
-          "that rate: llmgate %.0f %%, nginx %.0f %%.\n" % (
+          "out): hit p99 %d µs (median of %s), nginx %d µs (median of %s). On the wire (the "
+          "kernel's timestamps): hit p99 **%d µs** (median of %s), nginx %d µs (median of %s). "
+          "Server CPU busy at that rate: llmgate %.0f %%, nginx %.0f %%.\n" % (
               "Streaming" if s == "1" else "Non-streaming", sat["nginx-static"], sat["llmgate-hit"],
               sat["llmgate-pass"], sat["llmgate-hit"] / sat["nginx-static"],
               sat["llmgate-hit"] / sat["llmgate-pass"], p99["llmgate-hit"],
               "/".join(map(str, fixed["llmgate-hit"])), p99["nginx-static"],
               "/".join(map(str, fixed["nginx-static"])), statistics.median(svc["llmgate-hit"]),
               "/".join(map(str, svc["llmgate-hit"])), statistics.median(svc["nginx-static"]),
-              "/".join(map(str, svc["nginx-static"])), busy["llmgate-hit"], busy["nginx-static"]))
+              "/".join(map(str, svc["nginx-static"])), statistics.median(wire["llmgate-hit"]),
+              "/".join(map(str, wire["llmgate-hit"])), statistics.median(wire["nginx-static"]),
+              "/".join(map(str, wire["nginx-static"])), busy["llmgate-hit"], busy["nginx-static"]))
 PY
 } >"$OUTDIR/cache.md"
 log "wrote $OUTDIR/cache.csv and $OUTDIR/cache.md"

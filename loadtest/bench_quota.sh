@@ -114,7 +114,7 @@ done
 before=$(redis-cli -p "$REDIS_PORT" xlen llmgate:usage)
 
 csv=$tmp/quota.csv
-echo "target,round,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,send_lag_p99_us,service_p50_us,service_p99_us" >"$csv"
+echo "target,round,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,send_lag_p99_us,service_p50_us,service_p99_us,wire_p50_us,wire_p99_us,wire_samples" >"$csv"
 # sum, count, <=100 µs, <=200 µs, <=500 µs of the quota gateway's reserve histogram
 reserve_metrics() {
     curl -s "$quota_url/metrics" | awk '/^llmgate_quota_reserve_seconds_sum/ { s = $2 }

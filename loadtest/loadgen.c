@@ -4,6 +4,9 @@
  * queueing delay (no coordinated omission); --rate 0 runs closed loop for
  * saturation throughput. Keep-alive bufferevents on raw sockets and a small
  * response parser (Content-Length, chunked, close-delimited, SSE check).
+ * Responses are read with recvmsg and the kernel's receive timestamp, so the
+ * "wire" latency (request handed to the kernel to response in the client's
+ * socket) leaves out the time the load generator itself is off the CPU.
  * Loopback targets only. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1 /* memmem, strcasestr */
@@ -22,12 +25,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+
+#include <linux/errqueue.h>
+#include <linux/net_tstamp.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -113,7 +120,13 @@ struct lg_conn {
     uint64_t sched_us;
     uint64_t sent_us;    /* handed to the connection */
     uint64_t written_us; /* the whole request in the socket; 0 until then */
-    int failures;        /* consecutive connection failures, for backoff */
+    /* Wire time, CLOCK_REALTIME ns like the kernel's timestamps: the request
+     * handed to send() (0 when it went through the bufferevent, whose write
+     * instant is not known exactly) and the last response bytes received. */
+    uint64_t tx_ns, rx_ns;
+    struct event *read_ev; /* reads the socket itself (recvmsg with timestamps) */
+    int connected;
+    int failures; /* consecutive connection failures, for backoff */
     /* parser */
     enum parse_state ps;
     int status;
@@ -153,10 +166,21 @@ struct lg_thread {
      * load generator's own lateness or a wait for a free connection) and
      * written to response (the target, the network, and the client's reading). */
     struct histogram send_lag, service;
+    /* Request in the kernel to response in the client's socket, by the kernel's
+     * receive timestamp: what a tap on the wire would see. */
+    struct histogram wire;
 };
 
 static void conn_connect(struct lg_conn *c);
 static void conn_next(struct lg_conn *c);
+
+/* CLOCK_REALTIME in ns: the clock of the kernel's socket timestamps. */
+static uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static int closed_loop(void)
 {
@@ -194,6 +218,8 @@ static void request_done(struct lg_conn *c, uint64_t *err_counter)
             uint64_t written = c->written_us ? c->written_us : c->sent_us;
             hist_record(&t->send_lag, written - c->sched_us);
             hist_record(&t->service, now - written);
+            if (c->tx_ns && c->rx_ns > c->tx_ns)
+                hist_record(&t->wire, (c->rx_ns - c->tx_ns) / 1000);
             if (c->status < 200 || c->status > 299)
                 t->c.non2xx++;
             else if (c->sse && !memmem(c->tail, c->tail_len, "[DONE]", 6))
@@ -218,10 +244,15 @@ static void conn_reset_parser(struct lg_conn *c)
  * new one; the slot is usable right away (writes queue until connected). */
 static void conn_restart(struct lg_conn *c, int failed)
 {
+    if (c->read_ev) {
+        event_free(c->read_ev);
+        c->read_ev = NULL;
+    }
     if (c->bev) {
         bufferevent_free(c->bev);
         c->bev = NULL;
     }
+    c->connected = 0;
     conn_reset_parser(c);
     if (failed && c->failures < 100) c->failures++;
     if (failed && c->failures > 1) {
@@ -253,10 +284,30 @@ static void conn_send(struct lg_conn *c, uint64_t sched_us, int measured)
     c->sched_us = sched_us;
     c->sent_us = util_now_us();
     c->written_us = 0;
+    c->tx_ns = c->rx_ns = 0;
     t->inflight++;
     conn_reset_parser(c);
-    if (evbuffer_add_reference(bufferevent_get_output(c->bev), opt.request, opt.request_len, NULL,
-                               NULL) != 0) {
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t done = 0;
+    if (c->connected && evbuffer_get_length(out) == 0) {
+        /* Straight into the socket, timed just before the call: the wire clock
+         * starts here. What the socket does not take goes the bufferevent way. */
+        uint64_t tx = realtime_ns();
+        ssize_t n = send(bufferevent_getfd(c->bev), opt.request, opt.request_len,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            request_done(c, &t->c.conn_errors);
+            conn_restart(c, 1);
+            return;
+        }
+        if (n > 0) done = (size_t)n;
+        if (done == opt.request_len) {
+            c->tx_ns = tx;
+            c->written_us = util_now_us();
+        }
+    }
+    if (done < opt.request_len &&
+        evbuffer_add_reference(out, opt.request + done, opt.request_len - done, NULL, NULL) != 0) {
         request_done(c, &t->c.conn_errors);
         conn_restart(c, 1);
         return;
@@ -509,6 +560,8 @@ static int parse(struct lg_conn *c, struct evbuffer *in)
     }
 }
 
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     struct lg_conn *c = arg;
@@ -525,6 +578,44 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
+/* The socket is readable: one recvmsg into the input buffer, noting the
+ * kernel's receive timestamp of the newest bytes, then the parser. */
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct lg_conn *c = arg;
+    char buf[64 * 1024];
+    union {
+        char b[CMSG_SPACE(sizeof(struct scm_timestamping))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {buf, sizeof buf};
+    struct msghdr m = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
+    ssize_t n = recvmsg(fd, &m, MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+        on_event(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
+        return;
+    }
+    if (n == 0) {
+        on_event(c->bev, BEV_EVENT_READING | BEV_EVENT_EOF, c);
+        return;
+    }
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_TIMESTAMPING) {
+            struct scm_timestamping ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            if (ts.ts[0].tv_sec)
+                c->rx_ns = (uint64_t)ts.ts[0].tv_sec * 1000000000u + (uint64_t)ts.ts[0].tv_nsec;
+        }
+    }
+    if (evbuffer_add(bufferevent_get_input(c->bev), buf, (size_t)n) != 0) {
+        on_event(c->bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);
+        return;
+    }
+    on_read(c->bev, c);
+}
+
 /* The output buffer drained: the request is in the socket. */
 static void on_write(struct bufferevent *bev, void *arg)
 {
@@ -536,8 +627,20 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct lg_conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
+        evutil_socket_t fd = bufferevent_getfd(bev);
         int one = 1;
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* Software receive timestamps (kernels without them leave the wire
+         * histogram empty; everything else works the same). */
+        int ts = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING, &ts, sizeof ts);
+        c->read_ev = event_new(c->t->base, fd, EV_READ | EV_PERSIST, on_readable, c);
+        if (c->read_ev == NULL || event_add(c->read_ev, NULL) != 0) {
+            if (c->busy) request_done(c, &c->t->c.conn_errors);
+            conn_restart(c, 1);
+            return;
+        }
+        c->connected = 1;
         return;
     }
     if (c->busy && c->ps == P_BODY_EOF && (what & BEV_EVENT_EOF)) {
@@ -561,8 +664,9 @@ static void conn_connect(struct lg_conn *c)
     struct lg_thread *t = c->t;
     c->bev = bufferevent_socket_new(t->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (c->bev == NULL) return;
-    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    /* The bufferevent connects and writes; on_readable does the reading. */
+    bufferevent_setcb(c->bev, NULL, on_write, on_event, c);
+    bufferevent_enable(c->bev, EV_WRITE);
     if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&opt.addr, (int)opt.addrlen) != 0) {
         /* Fails synchronously only for local errors (no fds): retry later. */
         bufferevent_free(c->bev);
@@ -659,6 +763,7 @@ static int thread_setup(struct lg_thread *t, int index, int nconns, uint64_t t0)
     hist_init(&t->ttfb);
     hist_init(&t->send_lag);
     hist_init(&t->service);
+    hist_init(&t->wire);
     if (closed_loop()) {
         t->tick = evtimer_new(t->base, on_closed_end, t);
     } else {
@@ -841,9 +946,13 @@ static void usage(FILE *f)
             "  --quiet            no summary on stderr\n"
             "output (stdout): label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,\n"
             "  p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,\n"
-            "  send_lag_p99_us,service_p50_us,service_p99_us\n"
+            "  send_lag_p99_us,service_p50_us,service_p99_us,wire_p50_us,wire_p99_us,\n"
+            "  wire_samples\n"
             "latency is measured from the scheduled send time (open loop); send_lag is\n"
-            "scheduled to written into the socket, service is written to response\n");
+            "scheduled to written into the socket, service is written to response (as\n"
+            "the load generator sees it), wire is the request handed to send() to the\n"
+            "kernel's receive timestamp of the response's last bytes (requests that\n"
+            "had to wait in the bufferevent are not sampled)\n");
 }
 
 static int parse_double(const char *s, double lo, double hi, double *out)
@@ -960,7 +1069,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < started; i++)
         pthread_join(threads[i].tid, NULL);
 
-    static struct histogram lat, ttfb, send_lag, service;
+    static struct histogram lat, ttfb, send_lag, service, wire;
     struct lg_counts sum;
     uint64_t responses = 0;
     memset(&sum, 0, sizeof sum);
@@ -968,12 +1077,14 @@ int main(int argc, char **argv)
     hist_init(&ttfb);
     hist_init(&send_lag);
     hist_init(&service);
+    hist_init(&wire);
     for (int i = 0; i < opt.threads; i++) {
         struct lg_thread *t = &threads[i];
         hist_merge(&lat, &t->lat);
         hist_merge(&ttfb, &t->ttfb);
         hist_merge(&send_lag, &t->send_lag);
         hist_merge(&service, &t->service);
+        hist_merge(&wire, &t->wire);
         responses += t->responses;
         sum.sent += t->c.sent;
         sum.ok += t->c.ok;
@@ -989,8 +1100,9 @@ int main(int argc, char **argv)
     if (opt.csv_header)
         printf("label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,"
                "p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,send_lag_p99_us,service_p50_us,"
-               "service_p99_us\n");
-    printf("%s,%s,%g,%g,%llu,%llu,%llu,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu\n",
+               "service_p99_us,wire_p50_us,wire_p99_us,wire_samples\n");
+    printf("%s,%s,%g,%g,%llu,%llu,%llu,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,"
+           "%llu,%llu,%llu\n",
            opt.label, closed_loop() ? "closed" : "open", opt.rate, opt.duration_s,
            (unsigned long long)sum.sent, (unsigned long long)sum.ok, (unsigned long long)errors,
            (double)responses / opt.duration_s, (unsigned long long)hist_percentile(&lat, 50),
@@ -1001,7 +1113,9 @@ int main(int argc, char **argv)
            (unsigned long long)hist_percentile(&ttfb, 99),
            (unsigned long long)hist_percentile(&send_lag, 99),
            (unsigned long long)hist_percentile(&service, 50),
-           (unsigned long long)hist_percentile(&service, 99));
+           (unsigned long long)hist_percentile(&service, 99),
+           (unsigned long long)hist_percentile(&wire, 50),
+           (unsigned long long)hist_percentile(&wire, 99), (unsigned long long)wire.total);
     fflush(stdout);
     if (!opt.quiet)
         fprintf(stderr,
