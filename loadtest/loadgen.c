@@ -438,7 +438,10 @@ static void parse_header(struct lg_conn *c, const char *line)
     } else if (klen == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
         if (strcasestr(v, "chunked")) c->chunked = 1;
     } else if (klen == 10 && strncasecmp(line, "connection", 10) == 0) {
-        if (strcasestr(v, "close")) c->close_after = 1;
+        if (strcasestr(v, "close"))
+            c->close_after = 1;
+        else if (strcasestr(v, "keep-alive"))
+            c->close_after = 0;
     } else if (klen == 12 && strncasecmp(line, "content-type", 12) == 0) {
         if (strcasestr(v, "text/event-stream")) c->sse = 1;
     }
@@ -496,6 +499,7 @@ static int parse(struct lg_conn *c, struct evbuffer *in)
                 err = 1;
             else {
                 c->status = atoi(line + 9);
+                c->close_after = line[7] == '0'; /* HTTP/1.0 closes unless told otherwise */
                 c->ps = P_HEADERS;
             }
             break;
@@ -790,6 +794,7 @@ static void thread_free(struct lg_thread *t)
 {
     for (int i = 0; t->conns && i < t->nconns; i++) {
         struct lg_conn *c = &t->conns[i];
+        if (c->read_ev) event_free(c->read_ev);
         if (c->bev) bufferevent_free(c->bev);
         if (c->timeout_ev) event_free(c->timeout_ev);
         if (c->retry_ev) event_free(c->retry_ev);
