@@ -107,8 +107,29 @@ static void set_limit(struct key_limits *l, const char *name, unsigned v)
         l->conc = v;
 }
 
+/* A repeated field replaces the earlier value (as every other field does), so the old
+ * arrays go first: their counts must never outlive them. */
+static void free_models(struct key_record *k)
+{
+    for (size_t i = 0; i < k->n_models; i++)
+        free(k->models[i]);
+    free(k->models);
+    k->models = NULL;
+    k->n_models = 0;
+}
+
+static void free_model_limits(struct key_record *k)
+{
+    for (size_t i = 0; i < k->n_model_limits; i++)
+        free(k->model_limits[i].glob);
+    free(k->model_limits);
+    k->model_limits = NULL;
+    k->n_model_limits = 0;
+}
+
 static int parse_models(struct key_record *k, const char *v)
 {
+    free_models(k);
     size_t n = 1;
     for (const char *p = v; *p; p++)
         n += *p == ',';
@@ -129,6 +150,7 @@ static int parse_models(struct key_record *k, const char *v)
 /* model_limits is a JSON object {"glob": {"rpm": .., "tpm": .., ...}}. */
 static int parse_model_limits(struct key_record *k, const char *v)
 {
+    free_model_limits(k);
     cJSON *doc = cJSON_Parse(v);
     if (!cJSON_IsObject(doc)) {
         cJSON_Delete(doc);
@@ -199,12 +221,8 @@ fail:
 void keys_record_release(struct key_record *k)
 {
     if (!k || --k->refs > 0) return;
-    for (size_t i = 0; i < k->n_models; i++)
-        free(k->models[i]);
-    free(k->models);
-    for (size_t i = 0; i < k->n_model_limits; i++)
-        free(k->model_limits[i].glob);
-    free(k->model_limits);
+    free_models(k);
+    free_model_limits(k);
     free(k);
 }
 
