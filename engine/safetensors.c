@@ -233,13 +233,18 @@ static int parse_file(struct st_file *f, const char *label, char *err, size_t er
         }
     }
     qsort(order, f->n, sizeof *order, cmp_by_offset);
-    for (size_t i = 1; i < f->n; i++) {
-        const char *prev_end = (const char *)order[i - 1]->data + order[i - 1]->nbytes;
-        if (order[i]->nbytes > 0 && (const char *)order[i]->data < prev_end) {
+    /* Against the furthest end so far, not the previous tensor's: an empty tensor sorted in
+     * between would otherwise hide an overlap with the one before it. */
+    const struct st_tensor *reach = NULL;
+    for (size_t i = 0; i < f->n; i++) {
+        if (order[i]->nbytes == 0) continue;
+        const char *start = order[i]->data;
+        if (reach && start < (const char *)reach->data + reach->nbytes) {
             seterr(err, errlen, "%s: tensor '%s' overlaps tensor '%s' in the data region", label,
-                   order[i]->name, order[i - 1]->name);
+                   order[i]->name, reach->name);
             goto out;
         }
+        reach = order[i];
     }
     rc = 0;
 out:
