@@ -7,6 +7,7 @@
 #include "routing/adapter.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -355,10 +356,12 @@ static void add_usage(cJSON *o, long in, long out, long cached)
                                 "cached_tokens", (double)cached);
 }
 
+/* A number field of the upstream's JSON; 0 when absent, not a number or beyond +-1e15, so
+ * that the cast is defined and the token sums below cannot overflow. */
 static long num(const cJSON *obj, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-    return cJSON_IsNumber(v) ? (long)v->valuedouble : 0;
+    return cJSON_IsNumber(v) && fabs(v->valuedouble) <= 1e15 ? (long)v->valuedouble : 0;
 }
 
 /* Anthropic counts cached input apart; OpenAI's prompt_tokens includes it. */
