@@ -5,6 +5,7 @@
 
 #include <event2/buffer.h>
 #include <hiredis/hiredis.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -776,6 +777,15 @@ static const char *str_or(const cJSON *v, const char *def)
     return cJSON_IsString(v) ? v->valuestring : def;
 }
 
+/* v as an integer when it is a number within [lo, hi], else def: the stored answer is the
+ * upstream's, and casting a double out of the target's range is undefined. */
+static long long int_or(const cJSON *v, double lo, double hi, long long def)
+{
+    return cJSON_IsNumber(v) && v->valuedouble >= lo && v->valuedouble <= hi
+               ? (long long)v->valuedouble
+               : def;
+}
+
 static int render_choice(struct evbuffer *out, const struct sse_head *h, const cJSON *ch, int i,
                          size_t piece)
 {
@@ -856,15 +866,14 @@ int rcache_render_sse_parts(const char *body, size_t len, enum rcache_kind kind,
             cJSON_IsString(cJSON_GetObjectItemCaseSensitive(doc, "system_fingerprint"))
                 ? cJSON_GetObjectItemCaseSensitive(doc, "system_fingerprint")->valuestring
                 : NULL,
-        .created = cJSON_IsNumber(created) ? (long long)created->valuedouble : 0,
+        .created = int_or(created, -9e18, 9e18, 0),
         .chat = kind == RCACHE_CHAT,
     };
     if (piece_bytes == 0) piece_bytes = 64;
     int i = 0;
     for (const cJSON *ch = choices->child; ch; ch = ch->next, i++) {
         const cJSON *idx = cJSON_GetObjectItemCaseSensitive(ch, "index");
-        if (render_choice(tmp, &h, ch, cJSON_IsNumber(idx) ? (int)idx->valuedouble : i,
-                          piece_bytes) != 0)
+        if (render_choice(tmp, &h, ch, (int)int_or(idx, INT_MIN, INT_MAX, i), piece_bytes) != 0)
             goto out;
     }
     if (usage_off) *usage_off = evbuffer_get_length(tmp);
