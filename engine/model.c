@@ -260,8 +260,11 @@ int model_config_parse(const char *config_json, size_t config_len, const char *g
                cfg->n_heads, cfg->n_kv_heads);
         goto out;
     }
-    if (cfg->head_dim % 2 != 0 || cfg->head_dim < 2) {
-        seterr(err, errlen, "config.json: head_dim %d must be even (hidden_size / heads)",
+    /* A head_dim derived from hidden_size / heads gets the explicit key's bounds too: rope()
+     * keeps head_dim / 2 frequencies on the stack. */
+    if (cfg->head_dim % 2 != 0 || cfg->head_dim < 2 || cfg->head_dim > 1024) {
+        seterr(err, errlen,
+               "config.json: head_dim %d must be even and at most 1024 (hidden_size / heads)",
                cfg->head_dim);
         goto out;
     }
