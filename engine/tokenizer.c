@@ -1025,7 +1025,8 @@ int tokenizer_decode_ex(const struct tokenizer *t, const int32_t *ids, size_t n,
         free(raw.p);
         return -1;
     }
-    size_t len = uni_lossy((const unsigned char *)raw.p + skip, raw.n - skip, o);
+    /* no ids: raw.p is NULL, and even NULL + 0 is undefined */
+    size_t len = raw.n ? uni_lossy((const unsigned char *)raw.p + skip, raw.n - skip, o) : 0;
     o[len] = '\0';
     free(raw.p);
     *out = o;
