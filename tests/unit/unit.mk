@@ -55,3 +55,13 @@ tests_unit_test_anthropic_SOURCES = tests/unit/test_anthropic.c
 tests_unit_test_anthropic_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_test_anthropic_LDADD = $(UNIT_LIBS)
 endif
+
+# Mutation fuzzing of every input parser (gateway, cache, routing, engine); bounded by
+# LLMGATE_FUZZ_ITERS, meant for the sanitizer build.
+if HAVE_CMOCKA
+check_PROGRAMS += tests/unit/test_fuzz
+TESTS += tests/unit/test_fuzz
+tests_unit_test_fuzz_SOURCES = tests/unit/test_fuzz.c
+tests_unit_test_fuzz_CFLAGS = $(UNIT_CFLAGS) $(HIREDIS_CFLAGS)
+tests_unit_test_fuzz_LDADD = $(UNIT_LIBS)
+endif
