@@ -124,8 +124,8 @@ struct lg_conn {
      * handed to send() (0 when it went through the bufferevent, whose write
      * instant is not known exactly) and the last response bytes received. */
     uint64_t tx_ns, rx_ns;
-    struct event *read_ev; /* reads the socket itself (recvmsg with timestamps) */
-    int connected;
+    struct event
+        *read_ev; /* reads the socket itself (recvmsg with timestamps); set once connected */
     int failures; /* consecutive connection failures, for backoff */
     /* parser */
     enum parse_state ps;
@@ -252,7 +252,6 @@ static void conn_restart(struct lg_conn *c, int failed)
         bufferevent_free(c->bev);
         c->bev = NULL;
     }
-    c->connected = 0;
     conn_reset_parser(c);
     if (failed && c->failures < 100) c->failures++;
     if (failed && c->failures > 1) {
@@ -289,7 +288,7 @@ static void conn_send(struct lg_conn *c, uint64_t sched_us, int measured)
     conn_reset_parser(c);
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t done = 0;
-    if (c->connected && evbuffer_get_length(out) == 0) {
+    if (c->read_ev && evbuffer_get_length(out) == 0) {
         /* Straight into the socket, timed just before the call: the wire clock
          * starts here. What the socket does not take goes the bufferevent way. */
         uint64_t tx = realtime_ns();
@@ -644,7 +643,6 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             conn_restart(c, 1);
             return;
         }
-        c->connected = 1;
         return;
     }
     if (c->busy && c->ps == P_BODY_EOF && (what & BEV_EVENT_EOF)) {
