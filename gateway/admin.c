@@ -22,6 +22,7 @@
 #include "gateway/keys.h"
 #include "gateway/routing_admin.h"
 #include "gateway/scripts.h"
+#include "gateway/server.h"
 #include "gateway/usage.h"
 #include "gateway/worker.h"
 
@@ -77,6 +78,7 @@ static enum stage_rc reply(struct request *r, int status, const char *ctype, con
     r->status = status;
     r->bytes_out = len;
     evhttp_send_reply(r->req, status, server_reason_phrase(status), b);
+    server_write_now(r->req);
     if (b) evbuffer_free(b);
     request_end(r);
     return STAGE_DONE;

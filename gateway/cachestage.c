@@ -300,6 +300,7 @@ static void reply_replay(struct request *r, const struct replay *rp, const char 
     atomic_fetch_add(&cachestage_metrics.hit_bytes, r->bytes_out);
     if (r->rc) r->rc->st = CRQ_SERVED;
     evhttp_send_reply(r->req, 200, "OK", NULL);
+    server_write_now(r->req);
     request_end(r);
 }
 

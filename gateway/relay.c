@@ -28,6 +28,7 @@
 #include "common/util.h"
 #include "gateway/cachestage.h"
 #include "gateway/quota.h"
+#include "gateway/server.h"
 #include "routing/adapter.h"
 #include "routing/policy.h"
 #include "routing/targets.h"
@@ -107,6 +108,7 @@ static int flush_frames(struct request *r)
     if (r->state != RS_STREAMING) start_stream_reply(r);
     r->bytes_out += n;
     evhttp_send_reply_chunk_with_cb(r->req, r->frame, on_client_drained, r);
+    server_write_now(r->req);
     struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
     if (!evcon) return 0;
     struct evbuffer *out = bufferevent_get_output(evhttp_connection_get_bufferevent(evcon));
@@ -277,7 +279,7 @@ static void finish_stream(struct request *r, enum upstream_result res, const cha
     bool truncated = sse_parser_finish(&r->sse) != 0;
     if (res == UPSTREAM_OK && r->saw_done && !truncated) {
         flush_frames(r);
-        evhttp_send_reply_end(r->req);
+        server_end_reply(r->req);
         cachestage_stream_complete(r); /* whole: the cache may store it */
         request_end(r);
         return;
@@ -307,7 +309,7 @@ static void finish_stream(struct request *r, enum upstream_result res, const cha
     r->error = code;
     r->status = 200;
     stream_error_event(r, is_timeout(res) ? "timeout" : "upstream_error", code, msg);
-    evhttp_send_reply_end(r->req);
+    server_end_reply(r->req);
     request_end(r);
 }
 
@@ -361,6 +363,7 @@ static void finish_buffered(struct request *r)
     if (status != 200) r->error = "upstream_status";
     r->bytes_out = len;
     evhttp_send_reply(r->req, status, server_reason_phrase(status), r->body);
+    server_write_now(r->req);
     request_end(r);
 }
 

@@ -20,6 +20,7 @@
 #include "gateway/keys.h"
 #include "gateway/quota.h"
 #include "gateway/relay.h"
+#include "gateway/server.h"
 #include "routing/upstream.h"
 
 /* ---------------------------------------------------------------- stages */
@@ -91,6 +92,7 @@ static enum stage_rc stage_models_reply(struct request *r)
     r->status = 200;
     r->bytes_out = evbuffer_get_length(b);
     evhttp_send_reply(r->req, 200, "OK", b);
+    server_write_now(r->req);
     evbuffer_free(b);
     request_end(r);
     return STAGE_DONE;

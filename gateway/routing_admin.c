@@ -40,6 +40,7 @@ enum stage_rc routing_admin_policy(struct request *r)
     r->status = 200;
     r->bytes_out = strlen(json);
     evhttp_send_reply(r->req, 200, "OK", b);
+    server_write_now(r->req);
     if (b) evbuffer_free(b);
     free(json);
     request_end(r);

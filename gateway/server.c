@@ -4,6 +4,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -36,6 +37,40 @@ void server_common_headers(struct evhttp_request *req, const char *request_id, b
     if (close_conn) evhttp_add_header(h, "Connection", "close");
 }
 
+void server_write_now(struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (!evcon) return;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    /* Only a reply evhttp is waiting to write: it enabled EV_WRITE with data queued. */
+    if (!(bufferevent_get_enabled(bev) & EV_WRITE) ||
+        evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        return;
+    /* Run the bufferevent's own write callback in this loop pass, as if epoll had
+     * said "writable" (a socket with an empty send queue is). It goes to the
+     * back of the active queue: the replies of one epoll batch still go out
+     * together after its requests are read, its error, timeout and watermark
+     * handling is libevent's, and evhttp completes the request only once our
+     * caller has returned. All of it written, it deletes the write event and
+     * the changelist drops the epoll_ctl that armed it; a socket that takes less
+     * keeps the event for the rest. (bufferevent_struct.h: there is no call for
+     * this; the struct is part of libevent 2.1's ABI.) */
+    event_active(&bev->ev_write, EV_WRITE, 1);
+}
+
+void server_end_reply(struct evhttp_request *req)
+{
+    /* Without chunked framing, evhttp_send_reply_end with nothing queued completes
+     * (and may free) the request and its connection at once: nothing to write then. */
+    const char *te =
+        evhttp_find_header(evhttp_request_get_output_headers(req), "Transfer-Encoding");
+    bool chunked = te && strcmp(te, "chunked") == 0;
+    /* A request evhttp detached from its connection is freed by the call. */
+    bool attached = evhttp_request_get_connection(req) != NULL;
+    evhttp_send_reply_end(req);
+    if (chunked && attached) server_write_now(req);
+}
+
 static void reply_json(struct evhttp_request *req, int status, const char *reason, const char *json,
                        size_t len, const char *request_id, bool close_conn)
 {
@@ -43,6 +78,7 @@ static void reply_json(struct evhttp_request *req, int status, const char *reaso
     struct evbuffer *b = evbuffer_new();
     if (b) evbuffer_add(b, json, len);
     evhttp_send_reply(req, status, reason, b);
+    server_write_now(req);
     if (b) evbuffer_free(b);
 }
 
@@ -219,6 +255,7 @@ static void handle_metrics(struct worker *w, struct evhttp_request *req, const c
     evhttp_remove_header(h, "Content-Type");
     evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, 200, "OK", b);
+    server_write_now(req);
     if (b) evbuffer_free(b);
 }
 

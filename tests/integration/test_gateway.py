@@ -187,6 +187,62 @@ def test_malformed_http_gets_json_400(gateway):
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
 
 
+def _read_response(f):
+    """One HTTP/1.x response from a socket file: (status, headers, body)."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        k, v = line.decode().split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while (n := int(f.readline().split(b";")[0], 16)) > 0:
+            body += f.read(n)
+            f.readline()
+        f.readline()
+    elif "content-length" in headers:
+        body = f.read(int(headers["content-length"]))
+    else:  # HTTP/1.0 without keep-alive: the body runs to the close
+        body = f.read()
+    return status, headers, body
+
+
+def test_pipelined_requests_answered_in_order_on_one_connection(gateway, mock):
+    """Replies leave as soon as they are ready (server_write_now): several
+    requests sent in one write still get their answers in order, whole, on one
+    kept-alive connection, whatever mix of endpoints and stages answers them."""
+    import socket
+    chat = json.dumps({"model": "mock-model", "messages": MSGS}).encode()
+    auth = f"Authorization: Bearer {API_KEY}\r\n".encode()
+    reqs = [b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n" + auth +
+            b"Content-Type: application/json\r\nContent-Length: " + str(len(chat)).encode() + b"\r\n\r\n" + chat,
+            b"GET /v1/models HTTP/1.1\r\nHost: t\r\n" + auth + b"\r\n",
+            b"GET /v1/nothing-here HTTP/1.1\r\nHost: t\r\n" + auth + b"\r\n",
+            b"GET /v1/models HTTP/1.1\r\nHost: t\r\n" + auth + b"Connection: close\r\n\r\n"]
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as s:
+        s.sendall(b"".join(reqs))
+        f = s.makefile("rb")
+        got = [_read_response(f) for _ in reqs]
+        assert f.read() == b""  # closed after the last, as it asked; nothing extra
+    assert [g[0] for g in got] == [200, 200, 200, 404, 200]
+    assert json.loads(got[1][2])["choices"][0]["message"]["content"]
+    assert json.loads(got[3][2])["error"]["code"] == "unknown_url"
+    assert [m["id"] for m in json.loads(got[2][2])["data"]] == \
+        [m["id"] for m in json.loads(got[4][2])["data"]]
+    ids = [g[1].get("x-request-id") for g in got[1:]]
+    assert all(ids) and len(set(ids)) == len(ids)
+
+
+def test_http10_reply_closes_connection(gateway):
+    import socket
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as s:
+        s.sendall(b"GET /v1/models HTTP/1.0\r\nAuthorization: Bearer " + API_KEY.encode() + b"\r\n\r\n")
+        f = s.makefile("rb")
+        status, headers, body = _read_response(f)  # reads to the close
+    assert status == 200 and json.loads(body)["object"] == "list"
+
+
 @pytest.mark.parametrize("fault,status,exc", [("500", 502, openai.APIStatusError),
                                               ("503", 502, openai.APIStatusError),
                                               ("malformed", 502, openai.APIStatusError),
