@@ -133,10 +133,8 @@ curl -s --max-time 5 -d "$body_plain" "$NGINX_URL/plain.json" | cmp -s - "$tmp/p
 csv=$tmp/cache.csv
 echo "target,stream,run,label,mode,target_rate,duration_s,sent,ok,errors,achieved_rps,p50_us,p90_us,p99_us,p999_us,max_us,ttfb_p50_us,ttfb_p99_us,send_lag_p99_us,service_p50_us,service_p99_us,wire_p50_us,wire_p99_us,wire_samples,server_cpu_pct" >"$csv"
 
-# CPU time (clock ticks) a process has used, all its threads; the server under
-# test is nginx's worker or the gateway (Redis and the mock are idle on hits).
-CLK_TCK=$(getconf CLK_TCK)
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# The process whose CPU time counts for TARGET: nginx's worker or the gateway
+# (Redis and the mock are idle on hits).
 server_pid() { # TARGET
     case $1 in
     nginx-static) pgrep -P "$nginx_pid" | head -1 ;;

@@ -79,3 +79,7 @@ EOF
     nginx_pid=$!
     pids+=("$nginx_pid")
 }
+
+# ticks PID: the CPU time (clock ticks, CLK_TCK a second) PID has used, all its threads.
+CLK_TCK=$(getconf CLK_TCK)
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

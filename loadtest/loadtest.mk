@@ -15,7 +15,7 @@ llmgate_stallprobe_SOURCES = loadtest/stallprobe.c
 llmgate_stallprobe_LDADD = $(COMMON_LIBS)
 
 dist_noinst_SCRIPTS += loadtest/bench_proxy.sh loadtest/bench_engine.sh loadtest/bench_cache.sh \
-	loadtest/bench_quota.sh
+	loadtest/bench_quota.sh loadtest/bench_ab.sh
 EXTRA_DIST += loadtest/README.md loadtest/lib.sh loadtest/results
 
 # Routing decision cost (routing/router.c) with 1, 100 and 1,000 policy routes.
