@@ -204,7 +204,10 @@ struct key_record *keys_record_parse(const char *const *fields, const char *cons
         } else if (strcmp(f, "max_tokens") == 0) {
             k->max_tokens = to_uint(v);
         } else if (strcmp(f, "model_limits") == 0) {
-            if (v[0] && parse_model_limits(k, v) != 0) goto fail;
+            if (!v[0])
+                free_model_limits(k); /* empty: none (a repeated field: the last one counts) */
+            else if (parse_model_limits(k, v) != 0)
+                goto fail;
         } else {
             set_limit(&k->key, f, to_uint(v));
         }

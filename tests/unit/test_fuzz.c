@@ -2415,6 +2415,14 @@ static void test_regression_keys_repeated_fields(void **state)
     assert_true(keys_model_allowed(k, "x"));
     assert_false(keys_model_allowed(k, "a"));
     keys_record_release(k);
+    /* The last one counts when it is empty too: no per-model limits at all. */
+    const char *f2[] = {"id", "tenant", "model_limits", "model_limits"};
+    const char *v2[] = {"key_1", "acme", "{\"a\":{\"rpm\":1}}", ""};
+    k = keys_record_parse(f2, v2, LEN(f2));
+    assert_non_null(k);
+    assert_int_equal(k->n_model_limits, 0);
+    assert_null(keys_model_limit(k, "a"));
+    keys_record_release(k);
 }
 
 /* st_file_open_mem: overlaps were checked against the previous tensor by offset only, so an
