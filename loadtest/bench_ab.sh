@@ -44,14 +44,8 @@ bench_setup bench_ab "loadgen pinned to CPU 0; both gateways, Redis and the mock
 body='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16,"temperature":0}'
 [ "${BENCH_STREAM:-0}" = 1 ] && body=${body%\}}',"stream":true}'
 
-"${pin_server[@]}" "$MOCK" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet 2>"$tmp/mock.log" &
-pids+=($!)
-for _ in $(seq 50); do [ -s "$tmp/mock.port" ] && break; sleep 0.1; done
-[ -s "$tmp/mock.port" ] || { log "mock did not start"; exit 1; }
-REDIS_PORT=$(free_port)
-"${pin_server[@]}" "$REDIS" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-    --loglevel warning >"$tmp/redis.log" 2>&1 &
-pids+=($!)
+start_mock "$MOCK"
+start_redis "${pin_server[@]}"
 
 # start_gw LABEL BINARY: sets port_LABEL and pid_LABEL once it answers a cache hit.
 start_gw() {
@@ -63,7 +57,7 @@ start_gw() {
   "log": {"level": "warn", "access_log": "off"},
   "auth": {"api_keys_sha256": ["$hash"]},
   "redis": {"port": $REDIS_PORT},
-  "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$(cat "$tmp/mock.port")/v1"}},
+  "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$MOCK_PORT/v1"}},
   "models": {"mock-model": {"provider": "mock", "model": "mock-model"}} }
 EOF
     "${pin_server[@]}" "$bin" -c "$tmp/$l.json" 2>"$tmp/$l.log" &

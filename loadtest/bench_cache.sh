@@ -52,21 +52,8 @@ body_plain='{"model":"mock-model","messages":[{"role":"user","content":"Say hell
 body_stream='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16,"temperature":0,"stream":true}'
 
 # ---- mock, Redis, llmgate -------------------------------------------------------
-"${pin_server[@]}" "$MOCK" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet \
-    2>"$tmp/mock.log" &
-pids+=($!)
-for _ in $(seq 50); do [ -s "$tmp/mock.port" ] && break; sleep 0.1; done
-[ -s "$tmp/mock.port" ] || { log "mock did not start"; exit 1; }
-MOCK_PORT=$(cat "$tmp/mock.port")
-
-REDIS_PORT=$(free_port)
-"${pin_server[@]}" "$REDIS" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-    --loglevel warning >"$tmp/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do
-    [ "$(printf 'PING\r\n' | timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT; cat >&3; head -c 7 <&3" 2>/dev/null)" = $'+PONG\r\n' ] && break
-    sleep 0.1
-done
+start_mock "$MOCK"
+start_redis "${pin_server[@]}"
 
 GW_PORT=$(free_port)
 hash=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)

@@ -49,14 +49,7 @@ body_plain='{"model":"mock-model","messages":[{"role":"user","content":"Say hell
 body_stream='{"model":"mock-model","messages":[{"role":"user","content":"Say hello to the benchmark."}],"max_tokens":16,"stream":true}'
 
 # ---- the mock ---------------------------------------------------------------
-"${pin_server[@]}" "$MOCK" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet \
-    2>"$tmp/mock.log" &
-pids+=($!)
-mock_pid=$!
-for _ in $(seq 50); do [ -s "$tmp/mock.port" ] && break; sleep 0.1; done
-[ -s "$tmp/mock.port" ] || { log "mock did not start"; cat "$tmp/mock.log" >&2; exit 1; }
-MOCK_PORT=$(cat "$tmp/mock.port")
-wait_up "$mock_pid" "http://127.0.0.1:$MOCK_PORT/mock/stats" || { log "mock not answering"; exit 1; }
+start_mock "$MOCK"
 
 # ---- targets ------------------------------------------------------------------
 target_pid=

@@ -59,19 +59,8 @@ pin_redis=("${pin_server[@]}")
 [ "$REDIS_CPU" = client ] && pin_redis=("${pin_client[@]}")
 
 # ---- mock and Redis ---------------------------------------------------------------
-"${pin_server[@]}" "$MOCK" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet \
-    2>"$tmp/mock.log" &
-pids+=($!)
-mock_pid=$!
-for _ in $(seq 50); do [ -s "$tmp/mock.port" ] && break; sleep 0.1; done
-MOCK_PORT=$(cat "$tmp/mock.port")
-wait_up "$mock_pid" "http://127.0.0.1:$MOCK_PORT/mock/stats" || { log "mock not answering"; exit 1; }
-
-REDIS_PORT=$(free_port)
-"${pin_redis[@]+"${pin_redis[@]}"}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --loglevel warning >"$tmp/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_mock "$MOCK"
+start_redis "${pin_redis[@]+"${pin_redis[@]}"}"
 
 # ---- the two gateways ---------------------------------------------------------------
 hash=$(printf %s "$STATIC_KEY" | sha256sum | cut -d' ' -f1)

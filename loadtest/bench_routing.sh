@@ -41,11 +41,7 @@ log "routing decision cost"
 cat "$tmp/decision.csv" >&2
 
 # ---- 2. core path -------------------------------------------------------------
-"${pin_server[@]}" "$BUILDDIR/llmgate-mock" --port 0 --port-file "$tmp/mock.port" --threads 1 \
-    --quiet 2>"$tmp/mock.log" &
-pids+=($!)
-for _ in $(seq 50); do [ -s "$tmp/mock.port" ] && break; sleep 0.1; done
-MOCK_PORT=$(cat "$tmp/mock.port")
+start_mock "$BUILDDIR/llmgate-mock"
 
 mkdir -p "$tmp/policies"
 python3 - "$tmp/policies/10-routes.json" <<'PY'

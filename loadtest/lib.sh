@@ -83,3 +83,35 @@ EOF
 # ticks PID: the CPU time (clock ticks, CLK_TCK a second) PID has used, all its threads.
 CLK_TCK=$(getconf CLK_TCK)
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# start_mock MOCK_BINARY [ARGS...]: one-thread llmgate-mock on the server CPU, extra
+# ARGS passed on; sets mock_pid and MOCK_PORT once it answers (exits the script if not).
+start_mock() {
+    local bin=$1
+    shift
+    "${pin_server[@]}" "$bin" --port 0 --port-file "$tmp/mock.port" --threads 1 --quiet "$@" \
+        2>"$tmp/mock.log" &
+    mock_pid=$!
+    pids+=("$mock_pid")
+    for _ in $(seq 50); do [ -s "$tmp/mock.port" ] && break; sleep 0.1; done
+    [ -s "$tmp/mock.port" ] || { log "mock did not start"; cat "$tmp/mock.log" >&2; exit 1; }
+    MOCK_PORT=$(cat "$tmp/mock.port")
+    wait_up "$mock_pid" "http://127.0.0.1:$MOCK_PORT/mock/stats" || { log "mock not answering"; exit 1; }
+}
+
+# start_redis [PIN...]: a private, non-persistent redis-server ($REDIS, default
+# redis-server) under the PIN command words (taskset -c N, or none); sets
+# REDIS_PORT once it answers PING (exits the script if not).
+start_redis() {
+    REDIS_PORT=$(free_port)
+    "$@" "${REDIS:-redis-server}" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+        --loglevel warning >"$tmp/redis.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 50); do
+        [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && return 0
+        sleep 0.1
+    done
+    log "redis-server did not start"
+    cat "$tmp/redis.log" >&2
+    exit 1
+}
