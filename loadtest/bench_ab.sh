@@ -49,17 +49,9 @@ start_redis "${pin_server[@]}"
 
 # start_gw LABEL BINARY: sets port_LABEL and pid_LABEL once it answers a cache hit.
 start_gw() {
-    local l=$1 bin=$2 port hash state=
+    local l=$1 bin=$2 port state=
     port=$(free_port)
-    hash=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-    cat >"$tmp/$l.json" <<EOF
-{ "listen": {"address": "127.0.0.1", "port": $port}, "workers": 1,
-  "log": {"level": "warn", "access_log": "off"},
-  "auth": {"api_keys_sha256": ["$hash"]},
-  "redis": {"port": $REDIS_PORT},
-  "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$MOCK_PORT/v1"}},
-  "models": {"mock-model": {"provider": "mock", "model": "mock-model"}} }
-EOF
+    llmgate_conf "$tmp/$l.json" "$port" "$REDIS_PORT"
     "${pin_server[@]}" "$bin" -c "$tmp/$l.json" 2>"$tmp/$l.log" &
     pids+=($!)
     wait_up "$!" "http://127.0.0.1:$port/healthz" || { tail "$tmp/$l.log" >&2; exit 1; }

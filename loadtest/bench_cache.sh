@@ -56,15 +56,7 @@ start_mock "$MOCK"
 start_redis "${pin_server[@]}"
 
 GW_PORT=$(free_port)
-hash=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-cat >"$tmp/llmgate.json" <<EOF
-{ "listen": {"address": "127.0.0.1", "port": $GW_PORT}, "workers": 1,
-  "log": {"level": "warn", "access_log": "off"},
-  "auth": {"api_keys_sha256": ["$hash"]},
-  "redis": {"port": $REDIS_PORT},
-  "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$MOCK_PORT/v1"}},
-  "models": {"mock-model": {"provider": "mock", "model": "mock-model"}} }
-EOF
+llmgate_conf "$tmp/llmgate.json" "$GW_PORT" "$REDIS_PORT"
 "${pin_server[@]}" "$GW" -c "$tmp/llmgate.json" 2>"$tmp/llmgate.log" &
 gw_pid=$!
 pids+=("$gw_pid")

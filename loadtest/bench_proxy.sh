@@ -78,17 +78,10 @@ start_nginx() {
 }
 
 start_llmgate() {
-    local port hash
+    local port
     [ -x "$BUILDDIR/llmgate" ] || { log "$BUILDDIR/llmgate not built"; return 1; }
     port=$(free_port)
-    hash=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-    cat >"$tmp/llmgate.json" <<EOF
-{ "listen": {"address": "127.0.0.1", "port": $port}, "workers": 1,
-  "log": {"level": "warn", "access_log": "off"},
-  "auth": {"api_keys_sha256": ["$hash"]},
-  "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$MOCK_PORT/v1"}},
-  "models": {"mock-model": {"provider": "mock", "model": "mock-model"}} }
-EOF
+    llmgate_conf "$tmp/llmgate.json" "$port"
     "${pin_server[@]}" "$BUILDDIR/llmgate" -c "$tmp/llmgate.json" 2>"$tmp/llmgate.log" &
     target_pid=$!
     pids+=("$target_pid")

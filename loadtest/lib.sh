@@ -115,3 +115,19 @@ start_redis() {
     cat "$tmp/redis.log" >&2
     exit 1
 }
+
+# llmgate_conf FILE PORT [REDIS_PORT]: the benchmarks' one-worker gateway config:
+# $KEY as its static key, the mock (MOCK_PORT) as provider "mock" serving mock-model,
+# access log off, Redis at REDIS_PORT when given (none: no cache, no Redis).
+llmgate_conf() {
+    local hash redis=
+    hash=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+    [ -n "${3:-}" ] && redis="\"redis\": {\"port\": $3},"
+    cat >"$1" <<EOF
+{ "listen": {"address": "127.0.0.1", "port": $2}, "workers": 1,
+  "log": {"level": "warn", "access_log": "off"},
+  "auth": {"api_keys_sha256": ["$hash"]}, $redis
+  "providers": {"mock": {"kind": "openai", "base_url": "http://127.0.0.1:$MOCK_PORT/v1"}},
+  "models": {"mock-model": {"provider": "mock", "model": "mock-model"}} }
+EOF
+}
