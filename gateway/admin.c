@@ -77,8 +77,7 @@ static enum stage_rc reply(struct request *r, int status, const char *ctype, con
     if (b) evbuffer_add(b, body, len);
     r->status = status;
     r->bytes_out = len;
-    evhttp_send_reply(r->req, status, server_reason_phrase(status), b);
-    server_write_now(r->req);
+    server_send_reply(r->req, status, server_reason_phrase(status), b);
     if (b) evbuffer_free(b);
     request_end(r);
     return STAGE_DONE;

@@ -299,8 +299,7 @@ static void reply_replay(struct request *r, const struct replay *rp, const char 
     r->bytes_out = evbuffer_get_length(b);
     atomic_fetch_add(&cachestage_metrics.hit_bytes, r->bytes_out);
     if (r->rc) r->rc->st = CRQ_SERVED;
-    evhttp_send_reply(r->req, 200, "OK", NULL);
-    server_write_now(r->req);
+    server_send_reply(r->req, 200, "OK", NULL);
     request_end(r);
 }
 

@@ -362,8 +362,7 @@ static void finish_buffered(struct request *r)
     r->status = status;
     if (status != 200) r->error = "upstream_status";
     r->bytes_out = len;
-    evhttp_send_reply(r->req, status, server_reason_phrase(status), r->body);
-    server_write_now(r->req);
+    server_send_reply(r->req, status, server_reason_phrase(status), r->body);
     request_end(r);
 }
 

@@ -91,8 +91,7 @@ static enum stage_rc stage_models_reply(struct request *r)
     server_common_headers(r->req, r->id, r->w->draining);
     r->status = 200;
     r->bytes_out = evbuffer_get_length(b);
-    evhttp_send_reply(r->req, 200, "OK", b);
-    server_write_now(r->req);
+    server_send_reply(r->req, 200, "OK", b);
     evbuffer_free(b);
     request_end(r);
     return STAGE_DONE;

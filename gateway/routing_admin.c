@@ -39,8 +39,7 @@ enum stage_rc routing_admin_policy(struct request *r)
     server_common_headers(r->req, r->id, r->w->draining);
     r->status = 200;
     r->bytes_out = strlen(json);
-    evhttp_send_reply(r->req, 200, "OK", b);
-    server_write_now(r->req);
+    server_send_reply(r->req, 200, "OK", b);
     if (b) evbuffer_free(b);
     free(json);
     request_end(r);

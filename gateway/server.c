@@ -58,6 +58,13 @@ void server_write_now(struct evhttp_request *req)
     event_active(&bev->ev_write, EV_WRITE, 1);
 }
 
+void server_send_reply(struct evhttp_request *req, int status, const char *reason,
+                       struct evbuffer *body)
+{
+    evhttp_send_reply(req, status, reason, body);
+    server_write_now(req);
+}
+
 void server_end_reply(struct evhttp_request *req)
 {
     /* Without chunked framing, evhttp_send_reply_end with nothing queued completes
@@ -77,8 +84,7 @@ static void reply_json(struct evhttp_request *req, int status, const char *reaso
     server_common_headers(req, request_id, close_conn);
     struct evbuffer *b = evbuffer_new();
     if (b) evbuffer_add(b, json, len);
-    evhttp_send_reply(req, status, reason, b);
-    server_write_now(req);
+    server_send_reply(req, status, reason, b);
     if (b) evbuffer_free(b);
 }
 
@@ -254,8 +260,7 @@ static void handle_metrics(struct worker *w, struct evhttp_request *req, const c
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_remove_header(h, "Content-Type");
     evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-    evhttp_send_reply(req, 200, "OK", b);
-    server_write_now(req);
+    server_send_reply(req, 200, "OK", b);
     if (b) evbuffer_free(b);
 }
 

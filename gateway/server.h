@@ -39,10 +39,13 @@ const char *server_reason_phrase(int status);
 void server_common_headers(struct evhttp_request *req, const char *request_id, bool close_conn);
 /* Sends what evhttp just queued for req's client in this loop pass. evhttp
  * only arms a write event, so a reply otherwise waits for the next epoll round
- * (and costs two epoll_ctl calls). Call it right after evhttp_send_reply or
- * evhttp_send_reply_chunk*, and after evhttp_send_reply_end only through
- * server_end_reply; req stays valid until the caller returns. */
+ * (and costs two epoll_ctl calls). Call it right after evhttp_send_reply_chunk*;
+ * full replies go through server_send_reply and stream ends through
+ * server_end_reply. req stays valid until the caller returns. */
 void server_write_now(struct evhttp_request *req);
+/* evhttp_send_reply followed by server_write_now: how every full reply is sent. */
+void server_send_reply(struct evhttp_request *req, int status, const char *reason,
+                       struct evbuffer *body);
 /* evhttp_send_reply_end followed by server_write_now where that is safe. */
 void server_end_reply(struct evhttp_request *req);
 /* Appends one Prometheus counter (HELP, TYPE and its value) to a /metrics body. */
