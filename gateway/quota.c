@@ -254,13 +254,40 @@ static enum stage_rc reply_429(struct request *r, const char *kind, const char *
 
 /* ---------------------------------------------------------------- local limiter */
 
+static long reply_int(const redisReply *a, size_t i)
+{
+    if (i >= a->elements) return 0;
+    const redisReply *e = a->element[i];
+    if (e->type == REDIS_REPLY_INTEGER) return (long)e->integer;
+    if (e->type == REDIS_REPLY_STRING) return strtol(e->str, NULL, 10);
+    return 0;
+}
+
+/* Each worker's part of a limit while Redis is down: one over the worker count. */
+static unsigned worker_share(const struct request *r)
+{
+    return r->w->gw && r->w->gw->n_workers ? r->w->gw->n_workers : 1;
+}
+
+/* A calendar window (UTC day or month) for the local limiter: the scope's
+ * counter as Redis last reported it to this worker, and the tokens this worker
+ * has admitted on its own in that window since. */
+struct local_window {
+    long idx;   /* day or month number the two counts belong to; -1 none yet */
+    long seen;  /* Redis's counter at the last answered reserve */
+    long spent; /* admitted locally since (estimates, less refunds at settle) */
+};
+
 /* A scope's buckets while Redis is down; limits are the scope's divided by the
- * worker count (each worker enforces its share; replicas are not known). */
+ * worker count (each worker enforces its share; replicas are not known). Day
+ * and month windows start from what Redis last said was used; each worker may
+ * spend its share of the rest. */
 struct local_scope {
     char name[256];
     double r, t;
     uint64_t rt, tt;
     unsigned conc;
+    struct local_window d, m;
     struct local_scope *next;
 };
 
@@ -325,6 +352,7 @@ static struct local_scope *local_get(struct quota_worker *q, const struct quota_
     e->r = s->l.rpm ? (double)(s->l.rpm + share - 1) / share : 0;
     e->t = s->l.tpm ? (double)(s->l.tpm + share - 1) / share : 0;
     e->rt = e->tt = util_now_ms();
+    e->d.idx = e->m.idx = -1;
     e->next = q->buckets[b];
     q->buckets[b] = e;
     q->n++;
@@ -343,15 +371,52 @@ static double refill(double lvl, uint64_t *ts, double cap, uint64_t now)
     return lvl > cap ? cap : lvl;
 }
 
+/* Moves w to window idx; a window it has not seen starts empty. */
+static void window_at(struct local_window *w, long idx)
+{
+    if (w->idx != idx) *w = (struct local_window){idx, 0, 0};
+}
+
+/* Whether tokens more fit this worker's share of what is left of a calendar
+ * window with the given limit. */
+static bool window_fits(const struct local_window *w, unsigned limit, unsigned share, long tokens)
+{
+    long left = (long)limit - (w->seen < (long)limit ? w->seen : (long)limit);
+    return (double)(w->spent + tokens) <= share_of((unsigned)left, share);
+}
+
+/* Remembers the day and month counters an answered reserve reports for each
+ * scope (the script adds them when some scope has such a window): where the
+ * local limiter starts should Redis go away. The local spending restarts there. */
+static void local_note_windows(struct quota_worker *q, const struct quota_scope *sc, int ns,
+                               const redisReply *reply, unsigned share)
+{
+    if (reply->elements < 17 + 2 * (size_t)ns) return;
+    long day = reply_int(reply, 9), month = reply_int(reply, 10);
+    for (int i = 0; i < ns; i++) {
+        if (!sc[i].l.tpd && !sc[i].l.tpmo) continue;
+        struct local_scope *e = local_get(q, &sc[i], share);
+        if (!e) continue;
+        long d = reply_int(reply, 17 + 2 * (size_t)i), m = reply_int(reply, 18 + 2 * (size_t)i);
+        if (sc[i].l.tpd && d >= 0) e->d = (struct local_window){day, d, 0};
+        if (sc[i].l.tpmo && m >= 0 && month >= 0) e->m = (struct local_window){month, m, 0};
+    }
+}
+
 /* fail_open: admits r against this worker's share of each scope's rpm, tpm and
- * concurrency (day/month windows need Redis and are charged at replay). */
+ * concurrency, and of what is left of its day and month windows (as Redis last
+ * reported them to this worker, less what it admitted since). */
 static enum stage_rc local_admit(struct request *r, const struct quota_scope *sc, int ns)
 {
     struct quota_worker *q = r->w->quota;
-    unsigned share = r->w->gw && r->w->gw->n_workers ? r->w->gw->n_workers : 1;
-    uint64_t now = util_now_ms();
+    unsigned share = worker_share(r);
+    uint64_t now = util_now_ms(), wall = util_wall_ms();
+    long day = usage_day_of_ms(wall), month = usage_month_of_day(day);
+    long day_left_ms = (long)((uint64_t)(day + 1) * 86400000u - wall);
+    long month_left_ms = (long)((uint64_t)usage_month_first_day(month + 1) * 86400000u - wall);
     struct local_scope *ls[QUOTA_MAX_SCOPES];
-    long retry = 0;
+    long retry = 0, n = r->quota.tokens;
+    bool big = false;
     const char *kind = NULL, *window = NULL;
     for (int i = 0; i < ns; i++) {
         if (!(ls[i] = local_get(q, &sc[i], share))) continue;
@@ -375,27 +440,59 @@ static enum stage_rc local_admit(struct request *r, const struct quota_scope *sc
         if (l->conc && ls[i]->conc >= (unsigned)ceil(share_of(l->conc, share))) {
             if (1000 >= retry) retry = 1000, kind = "requests", window = "concurrency";
         }
+        if (l->tpd) {
+            window_at(&ls[i]->d, day);
+            if (!window_fits(&ls[i]->d, l->tpd, share, n)) {
+                big |= n > (long)l->tpd;
+                if (day_left_ms >= retry) retry = day_left_ms, kind = "tokens", window = "tpd";
+            }
+        }
+        if (l->tpmo) {
+            window_at(&ls[i]->m, month);
+            if (!window_fits(&ls[i]->m, l->tpmo, share, n)) {
+                big |= n > (long)l->tpmo;
+                if (month_left_ms >= retry) retry = month_left_ms, kind = "tokens", window = "tpmo";
+            }
+        }
     }
-    if (kind) return reply_429(r, kind, window, retry, false);
+    if (kind) return reply_429(r, kind, window, retry, big);
     for (int i = 0; i < ns; i++) {
         if (!ls[i]) continue;
         if (sc[i].l.rpm) ls[i]->r -= 1;
-        if (sc[i].l.tpm) ls[i]->t -= (double)r->quota.tokens;
+        if (sc[i].l.tpm) ls[i]->t -= (double)n;
         if (sc[i].l.conc) ls[i]->conc++;
+        if (sc[i].l.tpd) ls[i]->d.spent += n;
+        if (sc[i].l.tpmo) ls[i]->m.spent += n;
     }
     r->quota.local = true;
+    r->quota.local_day = day;
+    r->quota.local_month = month;
     count(&qm.local_admits, 1);
     return STAGE_NEXT;
 }
 
-static void local_release(struct request *r, const struct quota_scope *sc, int ns)
+/* Settle of a locally admitted request: frees its slot and gives back what it
+ * reserved beyond its actual usage (or charges the excess), in the tpm bucket and
+ * in the day and month windows it was admitted in. */
+static void local_release(struct request *r, const struct quota_scope *sc, int ns, long actual)
 {
     struct quota_worker *q = r->w->quota;
-    unsigned share = r->w->gw && r->w->gw->n_workers ? r->w->gw->n_workers : 1;
+    unsigned share = worker_share(r);
+    long back = r->quota.tokens - actual;
     for (int i = 0; i < ns; i++) {
-        if (!sc[i].l.conc) continue;
+        const struct key_limits *l = &sc[i].l;
+        if (!l->conc && !l->tpm && !l->tpd && !l->tpmo) continue;
         struct local_scope *e = local_get(q, &sc[i], share);
-        if (e && e->conc) e->conc--;
+        if (!e) continue;
+        if (l->conc && e->conc) e->conc--;
+        if (l->tpm) {
+            double cap = share_of(l->tpm, share);
+            e->t = e->t + (double)back > cap ? cap : e->t + (double)back;
+        }
+        if (l->tpd && e->d.idx == r->quota.local_day)
+            e->d.spent = e->d.spent > back ? e->d.spent - back : 0;
+        if (l->tpmo && e->m.idx == r->quota.local_month)
+            e->m.spent = e->m.spent > back ? e->m.spent - back : 0;
     }
 }
 
@@ -409,15 +506,6 @@ static enum stage_rc redis_down(struct request *r, const struct quota_scope *sc,
                             "Quota accounting is unavailable; retry shortly.");
     }
     return local_admit(r, sc, ns);
-}
-
-static long reply_int(const redisReply *a, size_t i)
-{
-    if (i >= a->elements) return 0;
-    const redisReply *e = a->element[i];
-    if (e->type == REDIS_REPLY_INTEGER) return (long)e->integer;
-    if (e->type == REDIS_REPLY_STRING) return strtol(e->str, NULL, 10);
-    return 0;
 }
 
 static const char *reply_str(const redisReply *a, size_t i, char *buf, size_t cap)
@@ -643,8 +731,13 @@ static void on_reserve(const struct redisReply *reply, void *ud)
     /* The scopes: for grants and the fail-open limiter only (not on the plain path). */
     struct quota_scope sc[QUOTA_MAX_SCOPES];
     int ns = 0;
-    if (!answered || asked || r->cfg->quota_grant_ms)
+    bool windows = answered && reply->elements > 17; /* day/month counters follow */
+    if (!answered || asked || windows || r->cfg->quota_grant_ms)
         ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
+    if (windows) {
+        unsigned share = worker_share(r);
+        local_note_windows(r->w->quota, sc, ns, reply, share);
+    }
     if (asked) {
         struct grant *g = grant_get(&r->w->quota->grants, sc, ns, false);
         if (g) g->asking_until_ms = 0; /* the ask was this one */
@@ -906,7 +999,7 @@ void quota_settle(struct request *r)
 
     struct quota_scope sc[QUOTA_MAX_SCOPES];
     int ns = quota_scopes(k, r->oai.model, cfg->redis_prefix, sc);
-    if (r->quota.local) local_release(r, sc, ns);
+    if (r->quota.local) local_release(r, sc, ns, actual);
     if (!r->quota.redis && !r->quota.local && actual == 0) ns = 0;
 
     const char *model = r->oai.model ? r->oai.model : "";

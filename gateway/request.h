@@ -54,6 +54,7 @@ struct request_quota {
     long prompt_est;   /* prompt tokens reserved: the engine's exact count for a local target with
                         * a loaded tokenizer, else the estimate */
     long day, month;   /* calendar windows the reservation was taken in */
+    long local_day, local_month; /* ... and those a local admission (fail_open) charged */
     long req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms;
     char member[40]; /* unique per request: concurrency slot and usage dedup id */
 };

@@ -46,7 +46,11 @@
  * that day, so PEXPIRE runs once a day per bucket, not per request): long
  * enough for a month window, and an idle key's buckets are full again after a
  * minute anyway. The reserve computes the month (and its end) only when some
- * scope has a monthly limit; it returns month -1 otherwise. */
+ * scope has a monthly limit; it returns month -1 otherwise. When some scope has
+ * a day or month limit, the reply goes on with two numbers per scope: its day and
+ * month counters after this reservation (before it, when refused; -1 for a
+ * window the scope does not have) -- what the fail-open limiter starts from
+ * should Redis go away. */
 struct redis_script script_reserve = {
     .src =
         "local QTTL = 35 * 86400000\n"
@@ -162,6 +166,7 @@ struct redis_script script_reserve = {
         "if gt == 0 then gr = 0 end\n"
         "local tn, tr = n + gt, nreq + gr\n"
         "local rl, rrem, rres, tl, trem, tres, wl, wrem, wres = -1, -1, 0, -1, -1, 0, -1, -1, 0\n"
+        "local U, uw = {}, false\n"
         "for i = 1, ns do\n"
         "  local rpm, tpm, tpd, tpmo, conc = L[i][1], L[i][2], L[i][3], L[i][4], L[i][5]\n"
         "  local r, tk, d, m = R[i], T[i], D[i], M[i]\n"
@@ -217,10 +222,15 @@ struct redis_script script_reserve = {
         "    local rem = max(0, tpmo - m)\n"
         "    if wrem < 0 or rem < wrem then wl, wrem, wres = tpmo, rem, mend - now end\n"
         "  end\n"
+        "  if d or m then uw = true end\n"
+        "  U[2 * i - 1] = d and floor(d) or -1\n"
+        "  U[2 * i] = m and floor(m) or -1\n"
         "end\n"
         "if tl < 0 then tl, trem, tres = wl, wrem, wres end\n"
-        "return {ok, kind, floor(retry), rl, rrem, floor(rres), tl, trem, floor(tres), day, mon,\n"
-        "        big, what, scope, gt, gr, asked}\n"};
+        "local out = {ok, kind, floor(retry), rl, rrem, floor(rres), tl, trem, floor(tres),\n"
+        "             day, mon, big, what, scope, gt, gr, asked}\n"
+        "if uw then for j = 1, 2 * ns do out[17 + j] = U[j] end end\n"
+        "return out\n"};
 
 /* A grant's unspent part back to its class's buckets: requests and tokens to
  * the rpm/tpm buckets (refilled to now, capped at the limit), tokens off the

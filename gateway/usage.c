@@ -334,22 +334,43 @@ long usage_day_of_ms(unsigned long long ms)
     return (long)(ms / 86400000ull);
 }
 
-void usage_day_string(long z, char out[9])
+/* Days since the epoch to the civil (proleptic Gregorian) date. */
+static void civil_from_days(long z, long *y, unsigned *m, unsigned *d)
 {
     z += 719468;
     long era = (z >= 0 ? z : z - 146096) / 146097;
     unsigned doe = (unsigned)(z - era * 146097);
     unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    long y = (long)yoe + era * 400;
     unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     unsigned mp = (5 * doy + 2) / 153;
-    unsigned d = doy - (153 * mp + 2) / 5 + 1;
-    unsigned m = mp < 10 ? mp + 3 : mp - 9;
-    y += m <= 2;
+    *d = doy - (153 * mp + 2) / 5 + 1;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (long)yoe + era * 400 + (*m <= 2);
+}
+
+void usage_day_string(long z, char out[9])
+{
+    long y;
+    unsigned m, d;
+    civil_from_days(z, &y, &m, &d);
     char buf[32];
     snprintf(buf, sizeof buf, "%04ld%02u%02u", y % 10000, m % 100, d % 100);
     memcpy(out, buf, 8);
     out[8] = '\0';
+}
+
+long usage_month_of_day(long day)
+{
+    long y;
+    unsigned m, d;
+    civil_from_days(day, &y, &m, &d);
+    return y * 12 + (long)m - 1;
+}
+
+long usage_month_first_day(long month)
+{
+    long y = month >= 0 ? month / 12 : -((-month + 11) / 12);
+    return days_from_civil(y, (unsigned)(month - y * 12) + 1, 1);
 }
 
 static void csv_field(FILE *f, const char *s)

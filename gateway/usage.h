@@ -32,6 +32,10 @@ int usage_parse_day(const char *s, long *day);
 long usage_day_of_ms(unsigned long long ms);
 /* "YYYYMMDD" of a day number into out[9]. */
 void usage_day_string(long day, char out[9]);
+/* The UTC month of a day number, as year * 12 + month - 1 (the scripts' month
+ * window), and the day number of a month's first day. */
+long usage_month_of_day(long day);
+long usage_month_first_day(long month);
 /* Renders a usage report (the JSON the report script returns) as CSV with a
  * header line. Returns a malloc'd string, or NULL when json is not a report. */
 char *usage_report_csv(const char *json, size_t len);

@@ -6,6 +6,7 @@ gateways on one Redis keep a tight token quota under 200+ concurrent requests
 and meter exactly what the mock served; Redis killed and restarted mid-run
 loses no usage record. Conditions are polled with deadlines, never slept on.
 """
+import datetime
 import hashlib
 import json
 import os
@@ -592,6 +593,90 @@ def test_redis_killed_and_restarted_mid_run(tmp_mod, mock):
         assert sum(int(x["prompt_tokens"]) for x in recs) == served["usage"]["prompt_tokens"]
         assert sum(int(x["completion_tokens"]) for x in recs) == served["usage"]["completion_tokens"]
     finally:
+        rc = g.proc.stop()
+        red.proc.stop()
+    assert rc == 0
+
+
+# ------------------------------------------------------------------ fail_open keeps calendar windows
+
+def window_left_s(window):
+    """Seconds from now to the end of the current UTC day or month."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if window == "tpd":
+        end = (now + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        y, m = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+        end = datetime.datetime(y, m, 1, tzinfo=datetime.timezone.utc)
+    return (end - now).total_seconds()
+
+
+@pytest.mark.parametrize("window", ["tpd", "tpmo"])
+def test_fail_open_keeps_day_and_month_limits(tmp_mod, mock, window):
+    """While Redis is down, the local limiter starts from the day (month) usage Redis
+    last reported, stops admitting at the limit with a 429 that says when the window
+    ends, and what it admitted is charged exactly once Redis is back."""
+    if window_left_s(window) < 120:
+        pytest.skip("too close to the window's end for a stable test")
+    limit = 600
+    red = RedisServer(tmp_mod, f"redis-{window}")
+    spool = tmp_mod / f"spool-{window}"
+    g = Gateway(tmp_mod, mock.url, workers=1, name=f"gw-{window}",
+                extra_conf=quota_conf(red, spool, quota={"on_redis_error": "fail_open"}))
+    http = httpx.Client(timeout=30)
+    try:
+        k = make_key(g, f"cal-{window}", limits={window: limit})
+
+        def ask():
+            return http.post(g.url + "/v1/chat/completions",
+                             headers={"Authorization": f"Bearer {k['key']}"},
+                             json={"model": "mock-model", "messages": MSGS, "max_tokens": 10})
+
+        # Redis up: one request's reservation shows in the window's remaining tokens
+        r = ask()
+        assert r.status_code == 200, r.text
+        need = limit - int(r.headers["x-ratelimit-remaining-tokens"])
+        assert 10 < need < 100
+        for _ in range(4):
+            assert ask().status_code == 200
+        recs = wait_until(lambda: len(records(red)) == 5 and records(red), "five usage records")
+        used = sum(int(x["prompt_tokens"]) + int(x["completion_tokens"]) for x in recs)
+
+        mock.reset()
+        red.kill()
+        statuses, denied = [], None
+        for _ in range(limit // 10):  # far more than the window can take
+            r = ask()
+            statuses.append(r.status_code)
+            if r.status_code != 200:
+                denied = r
+                break
+        assert denied is not None, f"{len(statuses)} requests admitted past a {window} of {limit}"
+        assert denied.status_code == 429, denied.text
+        err = denied.json()["error"]
+        assert err["type"] == "tokens" and err["code"] == "rate_limit_exceeded"
+        assert f"({window})" in err["message"]
+        assert abs(int(denied.headers["retry-after"]) - window_left_s(window)) < 10
+        usage = mock.stats()["usage"]
+        assert usage["completion_tokens"] == 10 * statuses.count(200)  # each admitted one served
+        served = usage["prompt_tokens"] + usage["completion_tokens"]
+        # the limit held, and the local limiter did not stop a request early
+        assert used + served <= limit
+        assert used + served + 2 * need > limit
+        assert statuses.count(200) == len(statuses) - 1 > 0
+
+        # Redis back: the spool replays and the window's counter is the metered usage
+        red.start()
+        scope = f"llmgate:q:{{cal-{window}}}:k:{k['id']}"
+        field = "d" if window == "tpd" else "m"
+
+        def counted():
+            v = red.cmd("HGET", scope, field)
+            return v is not None and int(v) == used + served
+
+        wait_until(counted, "the outage's usage in the window counter")
+    finally:
+        http.close()
         rc = g.proc.stop()
         red.proc.stop()
     assert rc == 0

@@ -213,6 +213,14 @@ static void test_days_and_csv(void **state)
         usage_day_string(day, s);
         assert_string_equal(s, want);
         assert_int_equal(usage_day_of_ms((unsigned long long)t * 1000 + 86399999ull), day);
+        /* the month window the fail-open limiter uses, and its bounds */
+        long mon = usage_month_of_day(day);
+        assert_int_equal(mon, (long)(tm.tm_year + 1900) * 12 + tm.tm_mon);
+        long first = usage_month_first_day(mon), next = usage_month_first_day(mon + 1);
+        assert_int_equal(first, day - (tm.tm_mday - 1));
+        assert_true(next > day && next - first >= 28 && next - first <= 31);
+        assert_int_equal(usage_month_of_day(next), mon + 1);
+        assert_int_equal(usage_month_of_day(first - 1), mon - 1);
     }
     const char *json = "{\"group_by\":\"model\",\"rows\":[{\"group\":\"a,\\\"b\",\"requests\":2,"
                        "\"prompt_tokens\":3,\"completion_tokens\":4,\"cached_tokens\":1,"
@@ -310,6 +318,7 @@ static double hget(const char *key, const char *field)
 struct resv {
     long ok, retry, rl, rrem, rres, tl, trem, tres, day, mon, big, gt, gr, asked;
     char kind[16], window[16];
+    long used[2][2]; /* per scope: day and month counters after (-1: no such window) */
 };
 
 /* Runs the reserve script for member across scopes "a" and "b" with the given
@@ -344,8 +353,14 @@ static struct resv reserve_g(const char *member, long n, long nreq, long gt, lon
         }
     redisReply *r = cmdv(k, a);
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-    assert_int_equal(r->elements, 17);
-    struct resv v = {0};
+    bool windows = false;
+    for (int s = 0; s < nscopes; s++)
+        windows |= lim[s][2] || lim[s][3];
+    /* the day and month counters follow only when some scope has such a window */
+    assert_int_equal(r->elements, windows ? 17 + 2 * (size_t)nscopes : 17);
+    struct resv v = {.used = {{-2, -2}, {-2, -2}}};
+    for (size_t i = 17; i < r->elements; i++)
+        v.used[(i - 17) / 2][(i - 17) % 2] = (long)r->element[i]->integer;
     long *f[] = {&v.ok,  NULL,   &v.retry, &v.rl, &v.rrem, &v.rres, &v.tl, &v.trem, &v.tres,
                  &v.day, &v.mon, &v.big,   NULL,  NULL,    &v.gt,   &v.gr, &v.asked};
     for (int i = 0; i < 17; i++)
@@ -466,11 +481,23 @@ static void test_lua_calendar_windows(void **state)
     assert_int_equal(v.trem, 40);
     long long now = now_ms();
     assert_int_equal(v.day, now / 86400000);
+    assert_int_equal(v.used[0][0], 60); /* the counters after the reservation */
+    assert_int_equal(v.used[0][1], 60);
     v = reserve("m2", 60, 1, lim);
     assert_int_equal(v.ok, 0);
     assert_string_equal(v.window, "tpd");
+    assert_int_equal(v.used[0][0], 60); /* refused: as they were */
     long long to_midnight = (now / 86400000 + 1) * 86400000 - now;
     assert_true(v.retry <= to_midnight && v.retry > to_midnight - 2000);
+    /* two scopes: a scope without calendar windows reports -1 for both */
+    const unsigned two[2][5] = {{0, 0, 100, 0, 0}, {0, 1000, 0, 0, 0}};
+    flush();
+    v = reserve("m4", 30, 2, two);
+    assert_int_equal(v.ok, 1);
+    assert_int_equal(v.used[0][0], 30);
+    assert_int_equal(v.used[0][1], -1);
+    assert_int_equal(v.used[1][0], -1);
+    assert_int_equal(v.used[1][1], -1);
     /* month: the window ends on the first day of next month, UTC */
     const unsigned mon[2][5] = {{0, 0, 0, 50, 0}};
     flush();
