@@ -339,6 +339,9 @@ static void local_clear(struct quota_worker *q)
     q->n = 0;
 }
 
+/* The entry of scope s, created (with full buckets) when missing. A full table
+ * is cleared first, which frees every entry: a caller that holds entries of
+ * several scopes at once makes room for all of them beforehand. */
 static struct local_scope *local_get(struct quota_worker *q, const struct quota_scope *s,
                                      unsigned share)
 {
@@ -418,6 +421,8 @@ static enum stage_rc local_admit(struct request *r, const struct quota_scope *sc
     long retry = 0, n = r->quota.tokens;
     bool big = false;
     const char *kind = NULL, *window = NULL;
+    /* Room for every scope first: a clear in local_get would free an earlier ls[i]. */
+    if (q->n + (size_t)ns > LOCAL_MAX_ENTRIES) local_clear(q);
     for (int i = 0; i < ns; i++) {
         if (!(ls[i] = local_get(q, &sc[i], share))) continue;
         const struct key_limits *l = &sc[i].l;
@@ -734,10 +739,7 @@ static void on_reserve(const struct redisReply *reply, void *ud)
     bool windows = answered && reply->elements > 17; /* day/month counters follow */
     if (!answered || asked || windows || r->cfg->quota_grant_ms)
         ns = quota_scopes(r->key, r->oai.model, r->cfg->redis_prefix, sc);
-    if (windows) {
-        unsigned share = worker_share(r);
-        local_note_windows(r->w->quota, sc, ns, reply, share);
-    }
+    if (windows) local_note_windows(r->w->quota, sc, ns, reply, worker_share(r));
     if (asked) {
         struct grant *g = grant_get(&r->w->quota->grants, sc, ns, false);
         if (g) g->asking_until_ms = 0; /* the ask was this one */
