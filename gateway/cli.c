@@ -4,6 +4,7 @@
 #include "gateway/cli.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <getopt.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -101,8 +102,14 @@ static int parse_opts(int argc, char **argv, struct cli_opts *o)
         case 'h': usage_text(stdout); exit(0);
         default:
             if (ch >= 1000 && ch <= 1005) {
+                /* rpm tpm tpd tpmo concurrency max_tokens: the day and month windows
+                 * take up to KEYS_WINDOW_LIMIT_MAX, the others KEYS_LIMIT_MAX. */
+                long max =
+                    ch == 1002 || ch == 1003 ? (long)KEYS_WINDOW_LIMIT_MAX : (long)KEYS_LIMIT_MAX;
+                errno = 0;
                 o->limits[ch - 1000] = strtol(optarg, &end, 10);
-                if (*end || o->limits[ch - 1000] < 0 || o->limits[ch - 1000] > 4000000000L)
+                if (*end || end == optarg || errno || o->limits[ch - 1000] < 0 ||
+                    o->limits[ch - 1000] > max)
                     return -1;
                 break;
             }

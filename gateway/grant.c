@@ -86,7 +86,7 @@ bool grant_take(struct grant *g, long tokens, uint64_t now_ms)
     return true;
 }
 
-static long min_nonzero(long cur, unsigned v)
+static long min_nonzero(long cur, uint64_t v)
 {
     return v && (cur < 0 || (long)v < cur) ? (long)v : cur;
 }

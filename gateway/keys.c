@@ -4,6 +4,7 @@
 #include "gateway/keys.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <event2/http.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -83,28 +84,32 @@ bool keys_tenant_id_valid(const char *s)
     return true;
 }
 
-static unsigned to_uint(const char *v)
+/* A stored limit: digits only (else 0, none), saturated at max. */
+static uint64_t to_limit(const char *v, uint64_t max)
 {
     char *end;
-    unsigned long x = strtoul(v, &end, 10);
-    if (*end || x > 4000000000ul) return 0;
-    return (unsigned)x;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (end == v || *end || *v == '-') return 0;
+    return errno == ERANGE || x > max ? max : (uint64_t)x;
 }
 
 /* Sets one limit of l from a field name (the key hash and the admin API use
  * "concurrency"; the quota code says conc). */
-static void set_limit(struct key_limits *l, const char *name, unsigned v)
+static void set_limit(struct key_limits *l, const char *name, uint64_t v)
 {
+    unsigned small = v > KEYS_LIMIT_MAX ? KEYS_LIMIT_MAX : (unsigned)v;
+    uint64_t big = v > KEYS_WINDOW_LIMIT_MAX ? KEYS_WINDOW_LIMIT_MAX : v;
     if (strcmp(name, "rpm") == 0)
-        l->rpm = v;
+        l->rpm = small;
     else if (strcmp(name, "tpm") == 0)
-        l->tpm = v;
+        l->tpm = small;
     else if (strcmp(name, "tpd") == 0)
-        l->tpd = v;
+        l->tpd = big;
     else if (strcmp(name, "tpmo") == 0)
-        l->tpmo = v;
+        l->tpmo = big;
     else if (strcmp(name, "concurrency") == 0)
-        l->conc = v;
+        l->conc = small;
 }
 
 /* A repeated field replaces the earlier value (as every other field does), so the old
@@ -171,8 +176,11 @@ static int parse_model_limits(struct key_record *k, const char *v)
             return -1;
         }
         for (const cJSON *f = e->child; f; f = f->next)
-            if (cJSON_IsNumber(f) && f->valuedouble >= 0 && f->valuedouble < 4e9)
-                set_limit(&ml->l, f->string, (unsigned)f->valuedouble);
+            if (cJSON_IsNumber(f) && f->valuedouble >= 0)
+                set_limit(&ml->l, f->string,
+                          f->valuedouble >= (double)KEYS_WINDOW_LIMIT_MAX
+                              ? KEYS_WINDOW_LIMIT_MAX
+                              : (uint64_t)f->valuedouble);
         k->n_model_limits++;
     }
     cJSON_Delete(doc);
@@ -188,7 +196,7 @@ struct key_record *keys_record_parse(const char *const *fields, const char *cons
     for (size_t i = 0; i < n; i++) {
         const char *f = fields[i], *v = values[i];
         if (strncmp(f, "tenant.", 7) == 0) {
-            set_limit(&k->tenant_limits, f + 7, to_uint(v));
+            set_limit(&k->tenant_limits, f + 7, to_limit(v, KEYS_WINDOW_LIMIT_MAX));
         } else if (strcmp(f, "id") == 0) {
             have_id = util_strlcpy(k->id, v, sizeof k->id) < sizeof k->id && v[0];
         } else if (strcmp(f, "tenant") == 0) {
@@ -202,14 +210,14 @@ struct key_record *keys_record_parse(const char *const *fields, const char *cons
             if (parse_models(k, v) != 0) goto fail;
             have_models = true;
         } else if (strcmp(f, "max_tokens") == 0) {
-            k->max_tokens = to_uint(v);
+            k->max_tokens = (unsigned)to_limit(v, KEYS_LIMIT_MAX);
         } else if (strcmp(f, "model_limits") == 0) {
             if (!v[0])
                 free_model_limits(k); /* empty: none (a repeated field: the last one counts) */
             else if (parse_model_limits(k, v) != 0)
                 goto fail;
         } else {
-            set_limit(&k->key, f, to_uint(v));
+            set_limit(&k->key, f, to_limit(v, KEYS_WINDOW_LIMIT_MAX));
         }
     }
     if (!have_id || !have_tenant) goto fail;

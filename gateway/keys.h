@@ -19,11 +19,19 @@ struct worker;
 #define KEYS_TENANT_MAX 64
 
 /* Limits of one scope; 0 = unlimited. */
+/* The largest limit accepted: KEYS_LIMIT_MAX for rates, concurrency and
+ * max_tokens, KEYS_WINDOW_LIMIT_MAX for the day and month windows (a large
+ * tenant's monthly tokens exceed 32 bits; 10^12 still prints exactly from Lua,
+ * whose numbers Redis formats with 14 significant digits). A larger stored value
+ * reads as the maximum, never as "no limit". */
+#define KEYS_LIMIT_MAX        4000000000u
+#define KEYS_WINDOW_LIMIT_MAX 1000000000000ull
+
 struct key_limits {
     unsigned rpm;  /* requests per minute (token bucket) */
     unsigned tpm;  /* tokens per minute (token bucket) */
-    unsigned tpd;  /* tokens per UTC day */
-    unsigned tpmo; /* tokens per UTC month */
+    uint64_t tpd;  /* tokens per UTC day */
+    uint64_t tpmo; /* tokens per UTC month */
     unsigned conc; /* concurrent requests */
 };
 

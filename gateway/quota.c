@@ -8,6 +8,7 @@
 #include <event2/http.h>
 #include <hiredis/hiredis.h>
 #include <event2/event.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdarg.h>
@@ -272,10 +273,17 @@ static unsigned worker_share(const struct request *r)
 /* A calendar window (UTC day or month) for the local limiter: the scope's
  * counter as Redis last reported it to this worker, and the tokens this worker
  * has admitted on its own in that window since. */
+_Static_assert(sizeof((struct request_quota *)0)->local_gen /
+                       sizeof((struct request_quota *)0)->local_gen[0] ==
+                   QUOTA_MAX_SCOPES,
+               "a generation per scope");
+
 struct local_window {
-    long idx;   /* day or month number the two counts belong to; -1 none yet */
-    long seen;  /* Redis's counter at the last answered reserve */
-    long spent; /* admitted locally since (estimates, less refunds at settle) */
+    long idx;     /* day or month number the two counts belong to; -1 none yet */
+    long seen;    /* Redis's counter at the last answered reserve */
+    long spent;   /* admitted locally since (estimates, less refunds at settle) */
+    unsigned gen; /* bumped whenever spent restarts: a settle refunds only into the
+                   * window generation its request was admitted in */
 };
 
 /* A scope's buckets while Redis is down; limits are the scope's divided by the
@@ -362,7 +370,7 @@ static struct local_scope *local_get(struct quota_worker *q, const struct quota_
     return e;
 }
 
-static double share_of(unsigned limit, unsigned share)
+static double share_of(uint64_t limit, unsigned share)
 {
     return (double)(limit + share - 1) / share;
 }
@@ -374,18 +382,30 @@ static double refill(double lvl, uint64_t *ts, double cap, uint64_t now)
     return lvl > cap ? cap : lvl;
 }
 
+/* Restarts w at window idx from Redis's counter seen (0: a window not seen). */
+static void window_restart(struct local_window *w, long idx, long seen)
+{
+    *w = (struct local_window){idx, seen, 0, w->gen + 1};
+}
+
 /* Moves w to window idx; a window it has not seen starts empty. */
 static void window_at(struct local_window *w, long idx)
 {
-    if (w->idx != idx) *w = (struct local_window){idx, 0, 0};
+    if (w->idx != idx) window_restart(w, idx, 0);
 }
 
 /* Whether tokens more fit this worker's share of what is left of a calendar
- * window with the given limit. */
-static bool window_fits(const struct local_window *w, unsigned limit, unsigned share, long tokens)
+ * window with the given limit. A request larger than the share itself fits an
+ * untouched share (as one larger than a worker's tpm bucket fits a full one),
+ * so each worker may overshoot its share by one request, never the window by
+ * more than that per worker; one larger than all that is left never fits. */
+static bool window_fits(const struct local_window *w, uint64_t limit, unsigned share, long tokens)
 {
-    long left = (long)limit - (w->seen < (long)limit ? w->seen : (long)limit);
-    return (double)(w->spent + tokens) <= share_of((unsigned)left, share);
+    long lim = (long)limit;
+    long left = lim - (w->seen < lim ? w->seen : lim);
+    double mine = share_of((uint64_t)left, share);
+    if (tokens > left) return false;
+    return (double)w->spent + ((double)tokens < mine ? (double)tokens : mine) <= mine;
 }
 
 /* Remembers the day and month counters an answered reserve reports for each
@@ -401,8 +421,8 @@ static void local_note_windows(struct quota_worker *q, const struct quota_scope 
         struct local_scope *e = local_get(q, &sc[i], share);
         if (!e) continue;
         long d = reply_int(reply, 17 + 2 * (size_t)i), m = reply_int(reply, 18 + 2 * (size_t)i);
-        if (sc[i].l.tpd && d >= 0) e->d = (struct local_window){day, d, 0};
-        if (sc[i].l.tpmo && m >= 0 && month >= 0) e->m = (struct local_window){month, m, 0};
+        if (sc[i].l.tpd && d >= 0) window_restart(&e->d, day, d);
+        if (sc[i].l.tpmo && m >= 0 && month >= 0) window_restart(&e->m, month, m);
     }
 }
 
@@ -435,10 +455,14 @@ static enum stage_rc local_admit(struct request *r, const struct quota_scope *sc
             }
         }
         if (l->tpm) {
-            double cap = share_of(l->tpm, share);
+            /* A request larger than this worker's bucket waits for a full one and takes
+             * it below zero, as Redis's bucket goes below zero when usage exceeds the
+             * reservation; one larger than the whole limit never fits (as on Redis). */
+            double cap = share_of(l->tpm, share), need = n < cap ? (double)n : cap;
             ls[i]->t = refill(ls[i]->t, &ls[i]->tt, cap, now);
-            if (ls[i]->t < (double)r->quota.tokens) {
-                long ms = (long)ceil(((double)r->quota.tokens - ls[i]->t) * 60000.0 / cap);
+            if (n > (long)l->tpm || ls[i]->t < need) {
+                long ms = n > (long)l->tpm ? 60000 : (long)ceil((need - ls[i]->t) * 60000.0 / cap);
+                big |= n > (long)l->tpm;
                 if (ms >= retry) retry = ms, kind = "tokens", window = "tpm";
             }
         }
@@ -472,6 +496,11 @@ static enum stage_rc local_admit(struct request *r, const struct quota_scope *sc
     r->quota.local = true;
     r->quota.local_day = day;
     r->quota.local_month = month;
+    for (int i = 0; i < ns; i++) {
+        if (!ls[i]) continue;
+        r->quota.local_gen[i][0] = ls[i]->d.gen;
+        r->quota.local_gen[i][1] = ls[i]->m.gen;
+    }
     count(&qm.local_admits, 1);
     return STAGE_NEXT;
 }
@@ -494,9 +523,9 @@ static void local_release(struct request *r, const struct quota_scope *sc, int n
             double cap = share_of(l->tpm, share);
             e->t = e->t + (double)back > cap ? cap : e->t + (double)back;
         }
-        if (l->tpd && e->d.idx == r->quota.local_day)
+        if (l->tpd && e->d.idx == r->quota.local_day && e->d.gen == r->quota.local_gen[i][0])
             e->d.spent = e->d.spent > back ? e->d.spent - back : 0;
-        if (l->tpmo && e->m.idx == r->quota.local_month)
+        if (l->tpmo && e->m.idx == r->quota.local_month && e->m.gen == r->quota.local_gen[i][1])
             e->m.spent = e->m.spent > back ? e->m.spent - back : 0;
     }
 }
@@ -652,9 +681,9 @@ static int send_script(struct redis *redis, const struct quota_scope *sc, int ns
         na++;
     }
     for (int i = 0; i < ns; i++) {
-        const unsigned v[5] = {sc[i].l.rpm, sc[i].l.tpm, sc[i].l.tpd, sc[i].l.tpmo, sc[i].l.conc};
+        const uint64_t v[5] = {sc[i].l.rpm, sc[i].l.tpm, sc[i].l.tpd, sc[i].l.tpmo, sc[i].l.conc};
         for (int j = 0; j < 5; j++) {
-            al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%u", v[j]);
+            al[na] = (size_t)snprintf(nums[na], sizeof nums[na], "%" PRIu64, v[j]);
             args[na] = nums[na];
             na++;
         }
@@ -730,6 +759,7 @@ static bool admit_from_grant(struct request *r, struct grant *g)
 static void on_reserve(const struct redisReply *reply, void *ud)
 {
     struct request *r = ud;
+    r->quota.reserving = false;
     if (reply) promhist_observe(&reserve_hist, util_now_us() - r->quota.sent_us);
     bool answered = reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 17;
     bool asked = answered && reply_int(reply, 16) > 0;
@@ -746,6 +776,15 @@ static void on_reserve(const struct redisReply *reply, void *ud)
         take_grant(r->w->quota, sc, ns, reply, r->cfg->quota_grant_ms);
     }
     if (r->finished) {
+        if (r->quota.settle_due) { /* it ended while this reply was out: settle it now */
+            if (answered && reply_int(reply, 0) == 1) {
+                r->quota.redis = true;
+                r->quota.day = reply_int(reply, 9);
+                r->quota.month = reply_int(reply, 10);
+            }
+            r->quota.settle_due = false;
+            quota_settle(r);
+        }
         request_release(r);
         return;
     }
@@ -849,6 +888,7 @@ static int send_reserve(struct request *r, const struct quota_scope *sc, int ns)
         request_release(r);
         return -1;
     }
+    r->quota.reserving = true;
     if (want_t > 0) g->asking_until_ms = util_now_ms() + ASK_TIMEOUT_MS;
     redis_flush(r->w->redis); /* on the critical path: send now, not next loop turn */
     return 0;
@@ -978,6 +1018,12 @@ void quota_settle(struct request *r)
     struct key_record *k = r->key;
     if (!k || (r->kind != REQ_CHAT && r->kind != REQ_COMPLETIONS && r->kind != REQ_EMBEDDINGS))
         return;
+    if (r->quota.reserving) {
+        /* Ended (the client left, the worker stops) before its reserve's reply: what
+         * to settle is known only then, so on_reserve settles it. */
+        r->quota.settle_due = true;
+        return;
+    }
     const struct config *cfg = r->cfg;
     long prompt = 0, completion = 0, cached = 0;
     bool estimated = false;

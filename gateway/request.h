@@ -49,12 +49,15 @@ struct request_quota {
     bool local;        /* admitted by the local fail-open limiter instead */
     bool have_headers; /* the x-ratelimit-* values below are known */
     bool rechecked;    /* a refusal was re-checked after this worker's queued settles */
+    bool reserving;    /* the reserve script's reply is still to come */
+    bool settle_due;   /* ... and the request ended meanwhile: on_reserve settles it */
     uint64_t sent_us;  /* when the reserve script went out (util_now_us) */
     long tokens;       /* reserved: estimated prompt + completion cap */
     long prompt_est;   /* prompt tokens reserved: the engine's exact count for a local target with
                         * a loaded tokenizer, else the estimate */
     long day, month;   /* calendar windows the reservation was taken in */
     long local_day, local_month; /* ... and those a local admission (fail_open) charged */
+    unsigned local_gen[3][2];    /* ... and their generations, per scope (QUOTA_MAX_SCOPES) */
     long req_limit, req_remaining, req_reset_ms, tok_limit, tok_remaining, tok_reset_ms;
     char member[40]; /* unique per request: concurrency slot and usage dedup id */
 };

@@ -416,6 +416,11 @@ struct redis_script script_admin = {
         "      if type(v) ~= 'number' or v < 0 or v ~= math.floor(v) then\n"
         "        return 'limit ' .. n .. ' must be a non-negative integer'\n"
         "      end\n"
+        /* KEYS_LIMIT_MAX and KEYS_WINDOW_LIMIT_MAX (gateway/keys.h) */
+        "      local cap = (n == 'tpd' or n == 'tpmo') and 1000000000000 or 4000000000\n"
+        "      if v > cap then\n"
+        "        return 'limit ' .. n .. ' must be at most ' .. string.format('%.0f', cap)\n"
+        "      end\n"
         "      redis.call('HSET', key, n, v)\n"
         "    end\n"
         "  end\n"

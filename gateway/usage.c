@@ -170,7 +170,8 @@ static void on_replayed(const struct redisReply *reply, void *ud)
     if (u->inflight == 0 && u->f && !u->freeing) pump(u);
 }
 
-/* Sends one line; 0 when sent, -1 when it went back to the spool. */
+/* Sends one line; 0 when sent, -1 when it was not (back to the spool, or
+ * malformed and dropped). */
 static int replay_line(struct usage_replay *u, const char *line)
 {
     cJSON *doc = cJSON_Parse(line);
@@ -180,7 +181,7 @@ static int replay_line(struct usage_replay *u, const char *line)
     if (!cJSON_IsArray(k) || !cJSON_IsArray(a) || nk + na > MAX_LINE_ARGS) {
         cJSON_Delete(doc);
         log_warn("usage", "skipping a malformed spool line (a crash mid-write?)");
-        return 0;
+        return -1;
     }
     const char *v[MAX_LINE_ARGS];
     size_t l[MAX_LINE_ARGS];
@@ -225,7 +226,9 @@ static void pump(struct usage_replay *u)
         if (replay_line(u, line) == 0) batch++;
     }
     free(line);
-    if (batch == 0 && u->inflight == 0) finish_file(u);
+    /* Nothing in flight: the file is done (every line sent, requeued or dropped),
+     * as a batch cut short leaves replies to come, whose last one pumps again. */
+    if (u->inflight == 0) finish_file(u);
 }
 
 /* A claimed file some process left behind (crash or stop mid-replay). */

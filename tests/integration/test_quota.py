@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,24 @@ def test_tenant_key_works_with_openai_headers(gw, redis_server):
         assert r.status_code == 200, r.text
     # the static bootstrap key of the core tests keeps working (unmetered)
     assert gw.client().chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+
+
+def test_limits_past_32_bits(gw):
+    """A monthly or daily token limit beyond 4e9 is stored and enforced whole (it used to
+    read back as "no limit"); a limit past its maximum is a 400, not a silent cap."""
+    k = make_key(gw, "bigmonth", tenant_limits={"tpmo": 5_000_000_000},
+                 limits={"tpd": 1_000_000_000_000})
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {k['key']}"},
+                   json={"model": "mock-model", "messages": MSGS, "max_tokens": 3}, timeout=10)
+    assert r.status_code == 200, r.text
+    # the tightest window is the tenant's month: its whole limit, less this reservation
+    assert r.headers["x-ratelimit-limit-tokens"] == "5000000000"
+    assert 4_999_999_000 < int(r.headers["x-ratelimit-remaining-tokens"]) < 5_000_000_000
+    for field, value in (("tpmo", 1_000_000_000_001), ("tpd", 10**13), ("rpm", 4_000_000_001),
+                         ("tpm", 5_000_000_000)):
+        r = admin(gw, "POST", "tenants", {"id": f"toobig-{field}", "limits": {field: value}})
+        assert r.status_code == 400, r.text
+        assert f"limit {field} must be at most" in r.json()["error"]["message"]
 
 
 def test_unknown_revoked_expired_keys_are_401(gw):
@@ -592,6 +611,115 @@ def test_redis_killed_and_restarted_mid_run(tmp_mod, mock):
         assert "spooled usage record(s)" in g.proc.output()  # the outage went through the spool
         assert sum(int(x["prompt_tokens"]) for x in recs) == served["usage"]["prompt_tokens"]
         assert sum(int(x["completion_tokens"]) for x in recs) == served["usage"]["completion_tokens"]
+    finally:
+        rc = g.proc.stop()
+        red.proc.stop()
+    assert rc == 0
+
+
+def test_fail_open_admits_a_request_larger_than_a_worker_share(tmp_mod, mock):
+    """While Redis is down each worker enforces its share of tpm. A request larger than
+    that share but within the key's tpm waits for a full bucket and is admitted (it used
+    to be refused for ever, with a Retry-After of seconds); one larger than the whole
+    tpm is "too large", as on Redis."""
+    red = RedisServer(tmp_mod, "redis-share")
+    g = Gateway(tmp_mod, mock.url, workers=2, name="gw-share",
+                extra_conf=quota_conf(red, tmp_mod / "spool-share",
+                                      quota={"on_redis_error": "fail_open"}))
+    try:
+        k = make_key(g, "shares", limits={"tpm": 4000})
+        hdr = {"Authorization": f"Bearer {k['key']}"}
+
+        def ask(max_tokens):  # a new connection each time: either worker may take it
+            return httpx.post(g.url + "/v1/chat/completions", headers=hdr, timeout=30,
+                              json={"model": "mock-model", "messages": MSGS,
+                                    "max_tokens": max_tokens})
+
+        # both workers learn the key (a worker that never saw it answers 503 without Redis)
+        for _ in range(24):
+            assert ask(1).status_code == 200
+        red.kill()
+        # 2,500 tokens and the prompt: more than a worker's 2,000, within the key's 4,000
+        r = ask(2500)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 16  # the mock's answer
+        r = ask(5000)
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["message"].startswith("Request too large")
+    finally:
+        rc = g.proc.stop()
+        red.proc.stop()
+    assert rc == 0
+
+
+def test_spool_replay_gets_past_a_torn_line(tmp_mod, mock):
+    """A spool whose only line is torn (a crash mid-write) is dropped with a warning and
+    replay goes on: the next outage's records still reach Redis (a lone torn line used to
+    stall the replay for good)."""
+    red = RedisServer(tmp_mod, "redis-torn")
+    spool = tmp_mod / "spool-torn"
+    spool.write_text('{"k":["llmgate:q:{torn}:k:\n')
+    g = Gateway(tmp_mod, mock.url, workers=1, name="gw-torn",
+                extra_conf=quota_conf(red, spool, quota={"on_redis_error": "fail_open"}))
+    try:
+        k = make_key(g, "torn", limits={"tpm": 100000})
+        hdr = {"Authorization": f"Bearer {k['key']}"}
+        body = {"model": "mock-model", "messages": MSGS, "max_tokens": 2}
+        assert httpx.post(g.url + "/v1/chat/completions", headers=hdr, json=body).status_code == 200
+        wait_until(lambda: "malformed spool line" in g.proc.output(), "the torn line skipped")
+        red.kill()
+        r = httpx.post(g.url + "/v1/chat/completions", headers=hdr, json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        rid = r.headers["x-request-id"]
+        red.start()
+        wait_until(lambda: any(x["request_id"] == rid for x in records(red)),
+                   "the outage's usage record replayed")
+    finally:
+        rc = g.proc.stop()
+        red.proc.stop()
+    assert rc == 0
+
+
+def test_client_gone_before_its_reserve_reply_is_settled(tmp_mod, mock):
+    """A client that leaves while its reserve is still on Redis: the reservation is
+    settled when the reply comes (its slot freed, its tokens back in the day window, a
+    usage record written). It used to stay charged, and the slot held for the lease."""
+    red = RedisServer(tmp_mod, "redis-gone")
+    g = Gateway(tmp_mod, mock.url, workers=1, name="gw-gone",
+                extra_conf=quota_conf(red, tmp_mod / "spool-gone"))
+    try:
+        k = make_key(g, "gone", limits={"concurrency": 1, "tpd": 100000})
+        hdr = {"Authorization": f"Bearer {k['key']}"}
+        body = {"model": "mock-model", "messages": MSGS, "max_tokens": 2}
+        assert httpx.post(g.url + "/v1/chat/completions", headers=hdr, json=body).status_code == 200
+        wait_until(lambda: len(records(red)) == 1, "the first usage record")
+        scope = f"llmgate:q:{{gone}}:k:{k['id']}"
+        day_before = int(red.cmd("HGET", scope, "d"))
+
+        red.cmd("CLIENT", "PAUSE", "30000", "WRITE")  # scripts wait; reads go on
+        try:
+            payload = json.dumps({**body, "max_tokens": 1000})
+            s = socket.create_connection(("127.0.0.1", g.port))
+            s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                       f"Authorization: Bearer {k['key']}\r\nx-request-id: gone-1\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                       f"\r\n{payload}").encode())
+            wait_until(lambda: "cmd=evalsha" in red.cmd("CLIENT", "LIST") and
+                       int(red.cmd("INFO", "clients").split("blocked_clients:")[1].split()[0]) == 1,
+                       "the reserve waiting on Redis")
+            s.close()
+            wait_until(lambda: g.access_log.exists() and "gone-1" in g.access_log.read_text(),
+                       "the request ended")
+        finally:
+            red.cmd("CLIENT", "UNPAUSE")
+        recs = wait_until(lambda: [x for x in records(red) if x["request_id"] == "gone-1"],
+                          "the abandoned request's usage record")
+        assert recs[0]["status"] == "499" and recs[0]["prompt_tokens"] == "0"
+        assert red.cmd("ZCARD", scope + ":c") == 0
+        assert int(red.cmd("HGET", scope, "d")) == day_before
+        # the slot is free: the next request is served, not refused for concurrency
+        r = httpx.post(g.url + "/v1/chat/completions", headers=hdr, json=body, timeout=30)
+        assert r.status_code == 200, r.text
     finally:
         rc = g.proc.stop()
         red.proc.stop()

@@ -1,4 +1,5 @@
-/* Unit tests for gateway/auth.c: bearer extraction and digest matching. */
+/* Unit tests for gateway/auth.c: bearer extraction and digest matching; the limits of a key
+ * record (gateway/keys.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 
 #include "common/hash.h"
 #include "gateway/auth.h"
+#include "gateway/keys.h"
 
 static void test_bearer_parsing(void **state)
 {
@@ -72,12 +74,48 @@ static void test_hex_and_ct_compare(void **state)
     assert_int_equal(hash_hex_decode(hex, back), -1);
 }
 
+/* Limits as stored in a key hash: a day or month window past 32 bits is kept whole,
+ * anything past a maximum reads as that maximum (never as 0, "no limit"), and a
+ * value that is not a number is no limit. */
+static void test_key_limits_parse(void **state)
+{
+    (void)state;
+    const char *f[] = {"id",          "tenant",     "tpmo",        "tpd",        "rpm",
+                       "tenant.tpmo", "tenant.tpd", "concurrency", "max_tokens", "model_limits"};
+    const char *v[] = {"key_1",
+                       "acme",
+                       "5000000000",
+                       "99999999999999999999999",
+                       "4000000001",
+                       "1000000000000",
+                       "12x",
+                       "-3",
+                       "18446744073709551617",
+                       "{\"big\":{\"tpmo\":7e9,\"tpm\":9e9,\"tpd\":1e15}}"};
+    struct key_record *k = keys_record_parse(f, v, sizeof f / sizeof *f);
+    assert_non_null(k);
+    assert_true(k->key.tpmo == 5000000000ull);
+    assert_true(k->key.tpd == KEYS_WINDOW_LIMIT_MAX);
+    assert_true(k->key.rpm == KEYS_LIMIT_MAX);
+    assert_true(k->tenant_limits.tpmo == KEYS_WINDOW_LIMIT_MAX);
+    assert_true(k->tenant_limits.tpd == 0);
+    assert_true(k->key.conc == 0);
+    assert_true(k->max_tokens == KEYS_LIMIT_MAX);
+    const struct key_model_limit *ml = keys_model_limit(k, "big");
+    assert_non_null(ml);
+    assert_true(ml->l.tpmo == 7000000000ull);
+    assert_true(ml->l.tpm == KEYS_LIMIT_MAX);
+    assert_true(ml->l.tpd == KEYS_WINDOW_LIMIT_MAX);
+    keys_record_release(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bearer_parsing),
         cmocka_unit_test(test_key_matching),
         cmocka_unit_test(test_hex_and_ct_compare),
+        cmocka_unit_test(test_key_limits_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
