@@ -227,16 +227,20 @@ int rcache_key_build(const struct rcache_key_input *in, struct rcache_buf *canon
     canon_string(b, in->upstream_model ? in->upstream_model : "");
     buf_adds(b, ",[");
     for (size_t i = 0; i < in->n_headers; i++) {
-        char name[128];
-        size_t n = 0;
-        for (const char *p = hs[i]->name; *p && n < sizeof name - 1; p++)
-            name[n++] = (*p >= 'A' && *p <= 'Z') ? (char)(*p + 32) : *p;
-        name[n] = '\0';
+        /* The whole name, lower-cased: names differing past any length differ in the key. */
+        char small[128], *name = small;
+        size_t n = strlen(hs[i]->name);
+        if (n >= sizeof small && !(name = malloc(n + 1))) goto out;
+        for (size_t j = 0; j <= n; j++) {
+            char ch = hs[i]->name[j];
+            name[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+        }
         buf_adds(b, i ? ",[" : "[");
         canon_string(b, name);
         buf_addc(b, ',');
         canon_string(b, hs[i]->value ? hs[i]->value : "");
         buf_addc(b, ']');
+        if (name != small) free(name);
     }
     buf_adds(b, "],");
     if (canon_value(b, in->body, 0, true) != 0) goto out;
@@ -369,6 +373,31 @@ static long usage_field(const cJSON *usage, const char *name)
                                                                             : 0;
 }
 
+/* Whether every member of o not named in known is null or an empty array: nothing
+ * a streamed replay (render_choice) would leave out. */
+static bool only_known(const cJSON *o, const char *const *known)
+{
+    for (const cJSON *f = o->child; f; f = f->next) {
+        bool named = false;
+        for (const char *const *k = known; *k && !named; k++)
+            named = f->string && strcmp(f->string, *k) == 0;
+        if (!named && !cJSON_IsNull(f) && !(cJSON_IsArray(f) && !f->child)) return false;
+    }
+    return true;
+}
+
+/* A choice a streaming client can be replayed exactly: the answer is one key for
+ * both forms, so a field the SSE rendering drops (logprobs, audio, a provider's
+ * reasoning) makes the whole answer uncacheable. */
+static bool choice_replayable(const cJSON *c)
+{
+    static const char *const choice_fields[] = {"index", "message", "text", "finish_reason", NULL};
+    static const char *const message_fields[] = {"role", "content", "refusal", "tool_calls", NULL};
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(c, "message");
+    return only_known(c, choice_fields) &&
+           (!m || (cJSON_IsObject(m) && only_known(m, message_fields)));
+}
+
 bool rcache_answer_cacheable(const cJSON *answer, long *prompt_tokens, long *completion_tokens)
 {
     *prompt_tokens = *completion_tokens = 0;
@@ -376,7 +405,9 @@ bool rcache_answer_cacheable(const cJSON *answer, long *prompt_tokens, long *com
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(answer, "choices");
     if (!cJSON_IsArray(choices) || !choices->child) return false;
     for (const cJSON *c = choices->child; c; c = c->next)
-        if (!cJSON_IsObject(c) || !finish_ok(cJSON_GetObjectItemCaseSensitive(c, "finish_reason")))
+        if (!cJSON_IsObject(c) ||
+            !finish_ok(cJSON_GetObjectItemCaseSensitive(c, "finish_reason")) ||
+            !choice_replayable(c))
             return false;
     const cJSON *usage = cJSON_GetObjectItemCaseSensitive(answer, "usage");
     *prompt_tokens = usage_field(usage, "prompt_tokens");
@@ -609,54 +640,60 @@ char *rcache_asm_finish(struct rcache_asm *a, size_t *len, long *prompt_tokens,
         for (int j = 0; j < c->n_tools; j++)
             if (!c->tools[j].seen) return NULL;
     }
-    bool chat = a->kind == RCACHE_CHAT;
+    /* Every part or nothing: under memory pressure a partial answer must not be stored. */
+    bool chat = a->kind == RCACHE_CHAT, ok = true;
     cJSON *o = cJSON_CreateObject(), *choices = NULL;
     if (!o) return NULL;
-    cJSON_AddStringToObject(o, "id", a->id ? a->id : "");
-    cJSON_AddStringToObject(o, "object", chat ? "chat.completion" : "text_completion");
-    cJSON_AddNumberToObject(o, "created", a->have_created ? a->created : 0);
-    cJSON_AddStringToObject(o, "model", a->model ? a->model : "");
-    choices = cJSON_AddArrayToObject(o, "choices");
-    for (int i = 0; choices && i < a->n_choices; i++) {
+    ok &= cJSON_AddStringToObject(o, "id", a->id ? a->id : "") != NULL;
+    ok &=
+        cJSON_AddStringToObject(o, "object", chat ? "chat.completion" : "text_completion") != NULL;
+    ok &= cJSON_AddNumberToObject(o, "created", a->have_created ? a->created : 0) != NULL;
+    ok &= cJSON_AddStringToObject(o, "model", a->model ? a->model : "") != NULL;
+    ok &= (choices = cJSON_AddArrayToObject(o, "choices")) != NULL;
+    for (int i = 0; ok && i < a->n_choices; i++) {
         const struct asm_choice *c = &a->choices[i];
         cJSON *ch = cJSON_CreateObject();
-        if (!ch) break;
-        cJSON_AddItemToArray(choices, ch);
-        cJSON_AddNumberToObject(ch, "index", i);
+        if (!(ok = cJSON_AddItemToArray(choices, ch))) {
+            cJSON_Delete(ch);
+            break;
+        }
+        ok &= cJSON_AddNumberToObject(ch, "index", i) != NULL;
         if (chat) {
             cJSON *m = cJSON_AddObjectToObject(ch, "message");
-            if (!m) break;
-            cJSON_AddStringToObject(m, "role", c->role ? c->role : "assistant");
-            if (c->have_content)
-                cJSON_AddItemToObject(m, "content", buf_string(&c->content));
-            else
-                cJSON_AddNullToObject(m, "content");
-            if (c->have_refusal)
-                cJSON_AddItemToObject(m, "refusal", buf_string(&c->refusal));
-            else
-                cJSON_AddNullToObject(m, "refusal");
-            if (c->n_tools) {
-                cJSON *tcs = cJSON_AddArrayToObject(m, "tool_calls");
-                for (int j = 0; tcs && j < c->n_tools; j++) {
-                    const struct asm_tool *t = &c->tools[j];
-                    cJSON *tc = cJSON_CreateObject(), *fn;
-                    if (!tc) break;
-                    cJSON_AddItemToArray(tcs, tc);
-                    cJSON_AddStringToObject(tc, "id", t->id ? t->id : "");
-                    cJSON_AddStringToObject(tc, "type", t->type ? t->type : "function");
-                    if (!(fn = cJSON_AddObjectToObject(tc, "function"))) break;
-                    cJSON_AddItemToObject(fn, "name", buf_string(&t->name));
-                    cJSON_AddItemToObject(fn, "arguments", buf_string(&t->args));
+            if (!(ok &= m != NULL)) break;
+            ok &= cJSON_AddStringToObject(m, "role", c->role ? c->role : "assistant") != NULL;
+            ok &= c->have_content ? cJSON_AddItemToObject(m, "content", buf_string(&c->content))
+                                  : cJSON_AddNullToObject(m, "content") != NULL;
+            ok &= c->have_refusal ? cJSON_AddItemToObject(m, "refusal", buf_string(&c->refusal))
+                                  : cJSON_AddNullToObject(m, "refusal") != NULL;
+            cJSON *tcs = c->n_tools ? cJSON_AddArrayToObject(m, "tool_calls") : NULL;
+            ok &= !c->n_tools || tcs;
+            for (int j = 0; ok && j < c->n_tools; j++) {
+                const struct asm_tool *t = &c->tools[j];
+                cJSON *tc = cJSON_CreateObject(), *fn;
+                if (!(ok = cJSON_AddItemToArray(tcs, tc))) {
+                    cJSON_Delete(tc);
+                    break;
                 }
+                ok &= cJSON_AddStringToObject(tc, "id", t->id ? t->id : "") != NULL;
+                ok &= cJSON_AddStringToObject(tc, "type", t->type ? t->type : "function") != NULL;
+                if (!(ok &= (fn = cJSON_AddObjectToObject(tc, "function")) != NULL)) break;
+                ok &= cJSON_AddItemToObject(fn, "name", buf_string(&t->name));
+                ok &= cJSON_AddItemToObject(fn, "arguments", buf_string(&t->args));
             }
         } else {
-            cJSON_AddItemToObject(ch, "text", buf_string(&c->content));
+            ok &= cJSON_AddItemToObject(ch, "text", buf_string(&c->content));
         }
-        cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", c->finish);
+        ok &= cJSON_AddNullToObject(ch, "logprobs") != NULL;
+        ok &= cJSON_AddStringToObject(ch, "finish_reason", c->finish) != NULL;
     }
-    if (a->usage) cJSON_AddItemReferenceToObject(o, "usage", a->usage);
-    if (a->fingerprint) cJSON_AddStringToObject(o, "system_fingerprint", a->fingerprint);
+    if (ok && a->usage) ok = cJSON_AddItemReferenceToObject(o, "usage", a->usage);
+    if (ok && a->fingerprint)
+        ok = cJSON_AddStringToObject(o, "system_fingerprint", a->fingerprint) != NULL;
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!s) return NULL;

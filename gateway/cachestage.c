@@ -577,6 +577,10 @@ static void on_claim(enum rcache_result res, const char *value, size_t len, void
     struct cachestage_req *c = ud;
     struct request *r = c->r;
     if (r->finished) {
+        /* It ended while the claim was out: a lock it won is given back now, not
+         * left to expire while identical requests everywhere wait on it. */
+        if (res == RCACHE_CLAIMED && rcache_release(r->w->redis, c->lock, c->token) != 0)
+            note_redis(r->w->rcache, false);
         request_release(r);
         return;
     }

@@ -90,7 +90,7 @@ static uint64_t to_limit(const char *v, uint64_t max)
     char *end;
     errno = 0;
     unsigned long long x = strtoull(v, &end, 10);
-    if (end == v || *end || *v == '-') return 0;
+    if (*v < '0' || *v > '9' || *end) return 0;
     return errno == ERANGE || x > max ? max : (uint64_t)x;
 }
 

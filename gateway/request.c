@@ -113,8 +113,12 @@ static const request_stage_fn admin_stages[] = {
 
 /* ---------------------------------------------------------------- pipeline */
 
+/* Runs r's stages from the current one. r is held throughout: a stage's callback
+ * may run before the stage returns (hiredis reports a failed write from
+ * redis_flush at once, with every pending reply NULL) and end r, even resume it. */
 static void run(struct request *r)
 {
+    request_hold(r);
     while (!r->finished && r->stage < r->n_stages) {
         enum stage_rc rc = r->stages[r->stage](r);
         if (rc != STAGE_NEXT) {
@@ -123,10 +127,11 @@ static void run(struct request *r)
                 conn_watch(r->conn, r);
                 r->watching = true;
             }
-            return;
+            break;
         }
         r->stage++;
     }
+    request_release(r);
 }
 
 void request_resume(struct request *r)

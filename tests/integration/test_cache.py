@@ -15,6 +15,7 @@ Conditions are polled with deadlines, never slept on.
 import json
 import os
 import re
+import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -534,3 +535,35 @@ def test_l1_stream_replay_equals_the_redis_replay(gw1, gw_redis_only):
         assert from_l1[0].content == from_l1[1].content == from_redis.content
         events = sse_events(from_l1[0].text)
         assert ("usage" in events[-1]) == bool(opts)
+
+
+def test_client_gone_while_claiming_gives_the_lock_back(tmp_mod, mock):
+    """A leader whose client leaves while its claim is on Redis gives the lock back when
+    the claim's reply comes; it used to stay until it expired, with identical requests
+    on every worker and replica waiting on it."""
+    red = RedisServer(tmp_mod, "redis-claim")
+    g = Gateway(tmp_mod, mock.url, workers=1, name="gwc-claim",
+                extra_conf=cache_conf(red, tmp_mod, "gwc-claim", max_wait_ms=600000))
+    try:
+        payload = json.dumps({"model": "mock-model", "temperature": 0,
+                              "messages": [{"role": "user", "content": f"claim {uuid.uuid4()}"}]})
+        red.cmd("CLIENT", "PAUSE", "30000", "WRITE")  # the claim script waits; GET goes on
+        try:
+            s = socket.create_connection(("127.0.0.1", g.port))
+            s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                       f"Authorization: Bearer {API_KEY}\r\nx-request-id: claim-1\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                       f"\r\n{payload}").encode())
+            wait_until(lambda: "cmd=evalsha" in red.cmd("CLIENT", "LIST") and
+                       int(red.cmd("INFO", "clients").split("blocked_clients:")[1].split()[0]) == 1,
+                       "the claim waiting on Redis")
+            s.close()
+            wait_until(lambda: g.access_log.exists() and "claim-1" in g.access_log.read_text(),
+                       "the request ended")
+        finally:
+            red.cmd("CLIENT", "UNPAUSE")
+        wait_until(lambda: red.cmd("KEYS", "*:lock") == [], "the lock given back")
+    finally:
+        rc = g.proc.stop()
+        red.proc.stop()
+    assert rc == 0

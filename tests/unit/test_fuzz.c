@@ -1748,11 +1748,16 @@ static void split_record(const char *in, size_t len, struct record_pairs *r)
 }
 
 /* to_uint of keys.c: a decimal up to 4e9, else 0. */
+/* A rate limit as keys.c reads it: decimal digits only (else none), at most KEYS_LIMIT_MAX. */
 static unsigned limit_value(const char *v)
 {
-    char *end;
-    unsigned long x = strtoul(v, &end, 10);
-    return *end || x > 4000000000ul ? 0 : (unsigned)x;
+    if (!*v) return 0;
+    unsigned long long x = 0;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p > '9') return 0;
+        x = x > KEYS_LIMIT_MAX ? x : x * 10 + (unsigned)(*p - '0');
+    }
+    return x > KEYS_LIMIT_MAX ? KEYS_LIMIT_MAX : (unsigned)x;
 }
 
 static size_t count_globs(const char *v)

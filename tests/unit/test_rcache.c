@@ -229,6 +229,22 @@ static void test_irrelevant_fields_keep_key(void **state)
     assert_int_equal(key_of(BASE, "chat.completions", "p", "u", h1, 2, a, NULL), 0);
     assert_int_equal(key_of(BASE, "chat.completions", "p", "u", h2, 2, b, NULL), 0);
     assert_memory_equal(a, b, sizeof a);
+    /* Long names count whole: two differing only past 200 bytes give two keys, and
+     * their case still does not matter. */
+    char n1[260], n2[260], n3[260];
+    memset(n1, 'x', 250);
+    n1[250] = '\0';
+    memcpy(n2, n1, 251);
+    memcpy(n3, n1, 251);
+    n2[240] = 'y';
+    n3[240] = 'Y';
+    struct rcache_header l1[] = {{n1, "1"}}, l2[] = {{n2, "1"}}, l3[] = {{n3, "1"}};
+    uint8_t c[RCACHE_KEY_LEN];
+    assert_int_equal(key_of(BASE, "chat.completions", "p", "u", l1, 1, a, NULL), 0);
+    assert_int_equal(key_of(BASE, "chat.completions", "p", "u", l2, 1, b, NULL), 0);
+    assert_int_equal(key_of(BASE, "chat.completions", "p", "u", l3, 1, c, NULL), 0);
+    assert_memory_not_equal(a, b, sizeof a);
+    assert_memory_equal(b, c, sizeof b);
     /* Only top-level "user"/"stream" are irrelevant; nested ones are content. */
     assert_differs("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
                    "{\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"user\":\"a\"}]}");
@@ -352,6 +368,29 @@ static void test_answer_cacheable(void **state)
         {"{\"choices\":[]}", false},
         {"{\"error\":{\"message\":\"x\"},\"choices\":[{\"finish_reason\":\"stop\"}]}", false},
         {"[]", false},
+        /* what a streamed replay reproduces: OpenAI's usual null and empty fields too */
+        {"{\"choices\":[{\"index\":0,\"finish_reason\":\"stop\",\"logprobs\":null,\"message\":"
+         "{\"role\":\"assistant\",\"content\":\"hi\",\"refusal\":null,\"annotations\":[],"
+         "\"tool_calls\":[{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\","
+         "\"arguments\":\"{}\"}}]}}]}",
+         true},
+        {"{\"choices\":[{\"index\":0,\"text\":\"hi\",\"logprobs\":null,\"finish_reason\":\"stop\"}]"
+         "}",
+         true},
+        /* ... and what it would drop: never stored, since the key ignores `stream` */
+        {"{\"choices\":[{\"finish_reason\":\"stop\",\"logprobs\":{\"content\":[]},\"message\":"
+         "{\"content\":\"hi\"}}]}",
+         false},
+        {"{\"choices\":[{\"finish_reason\":\"stop\",\"message\":{\"content\":\"hi\","
+         "\"reasoning_content\":\"why\"}}]}",
+         false},
+        {"{\"choices\":[{\"finish_reason\":\"stop\",\"message\":{\"content\":null,"
+         "\"function_call\":{\"name\":\"f\",\"arguments\":\"{}\"}}}]}",
+         false},
+        {"{\"choices\":[{\"finish_reason\":\"stop\",\"message\":{\"content\":\"hi\","
+         "\"annotations\":[{\"type\":\"url_citation\"}]}}]}",
+         false},
+        {"{\"choices\":[{\"finish_reason\":\"stop\",\"message\":\"hi\"}]}", false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cJSON *d = cJSON_Parse(cases[i].json);
