@@ -16,6 +16,13 @@ void backend_free(struct backend *b)
     if (b) b->ops->free(b);
 }
 
+int backend_default_kv_blocks(const struct model_config *c, int block_size)
+{
+    int tokens =
+        c->max_seq_len < BACKEND_DEFAULT_KV_TOKENS ? c->max_seq_len : BACKEND_DEFAULT_KV_TOKENS;
+    return (tokens + block_size - 1) / block_size;
+}
+
 int batch_logit_rows(const struct batch *batch)
 {
     if (!batch->all_logits) return batch->n_seqs;

@@ -34,7 +34,7 @@ struct batch {
 struct backend_params {
     int n_threads;        /* CPU worker threads including the caller; 0 = online cores */
     int block_size;       /* KV tokens per block; 0 = 16 */
-    int n_blocks;         /* KV pool size in blocks; 0 = enough for max_seq_len, once */
+    int n_blocks;         /* KV pool size in blocks; 0 = backend_default_kv_blocks() */
     int max_batch_tokens; /* most tokens one forward may carry; 0 = 512 */
 };
 
@@ -61,6 +61,18 @@ struct backend {
     int max_batch_tokens;
     void *impl; /* backend private state */
 };
+
+/* The default KV pool (n_blocks 0) holds one sequence of the model's context window, but at most
+ * this many tokens: KV costs 2 * n_layers * n_kv_heads * head_dim values per token (f32 on the
+ * CPU, bf16 on CUDA), so a whole window can be large: Qwen2.5-0.5B takes 24 KiB per token on the
+ * CPU, 768 MiB for its 32k window; Llama-3.2-1B 64 KiB, 8 GiB for 128k. Longer contexts are
+ * served with an explicit --kv-blocks; the engine advertises what the pool holds
+ * (sched_max_context). */
+#define BACKEND_DEFAULT_KV_TOKENS 4096
+
+/* KV blocks of block_size tokens in the default pool: min(max_seq_len,
+ * BACKEND_DEFAULT_KV_TOKENS) tokens, rounded up to whole blocks. */
+int backend_default_kv_blocks(const struct model_config *c, int block_size);
 
 /* Creates the CPU backend for model m (thread pool, scratch, a host KV pool). Returns 0 and
  * *out (free with backend_free), or -1 with err. */

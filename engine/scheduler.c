@@ -82,7 +82,7 @@ struct sched {
     struct backend *b;
     const struct tokenizer *tok;
     const struct model_config *cfg;
-    int max_batch_tokens, max_seqs, max_wait_ms;
+    int max_batch_tokens, max_seqs, max_wait_ms, max_queue;
     size_t piece_cap; /* tokenizer_decode_stream_max */
     char *piece;      /* (piece_cap) */
 
@@ -96,6 +96,7 @@ struct sched {
     float *logits;           /* (max_seqs, vocab) */
     int32_t eos[MODEL_MAX_EOS + 1];
     int n_eos;
+    uint64_t preemptions; /* copied into stats, under mu, by publish_stats */
 
     /* shared, under mu */
     pthread_mutex_t mu;
@@ -168,6 +169,7 @@ int sched_create(struct backend *b, const struct tokenizer *tok, const struct sc
     s->max_batch_tokens = p->max_batch_tokens > 0 ? p->max_batch_tokens : b->max_batch_tokens;
     s->max_seqs = p->max_seqs > 0 ? p->max_seqs : DEFAULT_MAX_SEQS;
     s->max_wait_ms = p->max_wait_ms > 0 ? p->max_wait_ms : 0;
+    s->max_queue = p->max_queue > 0 ? p->max_queue : 0;
     s->next_id = 1;
     if (s->max_batch_tokens > b->max_batch_tokens) {
         snprintf(err, errlen, "scheduler: max_batch_tokens %d above the backend's %d",
@@ -306,9 +308,16 @@ int sched_submit(struct sched *s, const struct sched_request *req, uint64_t *id,
     int rc = seq_new(s, req, &q, err, errlen);
     if (rc != SCHED_OK) return rc;
     pthread_mutex_lock(&s->mu);
+    /* waiting to start: the waiting list as the scheduler last counted it, plus what it has not
+     * taken in yet */
+    int queued = s->stats.queued + s->incoming.n;
     if (s->stopping) {
         rc = SCHED_E_STOPPED;
         snprintf(err, errlen, "the engine is shutting down");
+    } else if (s->max_queue > 0 && queued >= s->max_queue) {
+        rc = SCHED_E_OVERLOADED;
+        snprintf(err, errlen,
+                 "the engine is overloaded: %d requests are waiting, the queue's bound", queued);
     } else if (s->max_wait_ms > 0 && predicted_wait_ms_locked(s, 0.0) > s->max_wait_ms) {
         rc = SCHED_E_OVERLOADED;
         snprintf(err, errlen,
@@ -343,6 +352,15 @@ void sched_cancel(struct sched *s, uint64_t id)
     if (s->n_cancels < s->cap_cancels) s->cancels[s->n_cancels++] = id;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+int sched_max_context(const struct sched *s)
+{
+    /* A sequence of n tokens has n - 1 of them in the KV cache (the last is never fed back),
+     * and a prompt needs one slot more than its length: a pool of P tokens serves any prompt
+     * plus completion of up to P. */
+    long pool = (long)s->b->kv.n_blocks * s->b->kv.block_size;
+    return pool < s->cfg->max_seq_len ? (int)pool : s->cfg->max_seq_len;
 }
 
 void sched_get_stats(struct sched *s, struct sched_stats *out)
@@ -510,7 +528,7 @@ static void preempt(struct sched *s, int i)
         seq_end(s, q, SCHED_FINISH_ERROR, "out of memory");
         return;
     }
-    s->stats.preemptions++;
+    s->preemptions++; /* not stats.preemptions: other threads read stats under mu */
 }
 
 /* Takes what the other threads handed over: new requests and cancellations. */
@@ -530,6 +548,7 @@ static void take_inbox(struct sched *s)
     s->incoming.n = 0;
     s->incoming_tokens = 0;
 cancels:
+    s->stats.queued = s->waiting.n; /* sched_submit's queue bound counts them from now on */
     n_ids = s->n_cancels;
     if (n_ids > (int)(sizeof stack_ids / sizeof *stack_ids)) {
         ids = s->cancels;
@@ -608,6 +627,7 @@ static void publish_stats(struct sched *s, double step_tokens, double dt)
     st->queued = s->waiting.n;
     st->running = s->running.n;
     st->kv_blocks_used = s->b->kv.n_blocks - s->n_free;
+    st->preemptions = s->preemptions;
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -26,7 +26,7 @@
 #define SCHED_OK           0
 #define SCHED_E_INVALID    (-1) /* bad request (empty prompt, bad token id, bad params) */
 #define SCHED_E_TOO_LONG   (-2) /* prompt does not fit the context window or the KV pool */
-#define SCHED_E_OVERLOADED (-3) /* predicted wait above max_wait_ms: answer 429 */
+#define SCHED_E_OVERLOADED (-3) /* predicted wait above max_wait_ms, or a full queue: 429 */
 #define SCHED_E_NOMEM      (-4)
 #define SCHED_E_STOPPED    (-5) /* the scheduler is shutting down */
 
@@ -74,6 +74,7 @@ struct sched_params {
     int max_batch_tokens; /* tokens per step; 0 = the backend's max_batch_tokens */
     int max_seqs;         /* running sequences at most; 0 = 64 */
     int max_wait_ms;      /* refuse submissions whose predicted wait is above this; 0 = never */
+    int max_queue;        /* refuse submissions while this many wait to start; 0 = no bound */
 };
 
 /* Published numbers, refreshed after every step. */
@@ -121,6 +122,10 @@ int sched_step(struct sched *s);
 
 /* Steps until nothing is queued or running (tests). 0, or -1 after a backend failure. */
 int sched_run_until_idle(struct sched *s);
+
+/* The longest sequence (prompt plus completion) a request is sure to get: the model's context
+ * window, or the KV pool's size in tokens when that is smaller. Any thread. */
+int sched_max_context(const struct sched *s);
 
 /* Copies the published numbers. Any thread. */
 void sched_get_stats(struct sched *s, struct sched_stats *out);

@@ -26,8 +26,14 @@ struct options {
     const char *device; /* auto, cpu, cuda */
     int port;           /* -1: no TCP */
     int threads, kv_blocks, block_size, max_batch_tokens, max_seqs, max_wait_ms;
+    int read_timeout_ms, max_queue;
     long max_body_bytes;
 };
+
+/* Requests waiting to start at most, by default: with --max-seqs' default of 64 running, four
+ * batches' worth; beyond it a client is better served by a 429 it can retry elsewhere than by a
+ * wait of minutes (each waiting request also holds a context-sized token buffer). */
+#define DEFAULT_MAX_QUEUE 256
 
 static void usage(FILE *out)
 {
@@ -44,13 +50,19 @@ static void usage(FILE *out)
             "  --device auto|cpu|cuda   backend (default auto: CUDA when built and a GPU is\n"
             "                           present, else the CPU)\n"
             "  --threads N              CPU threads (default: online cores)\n"
-            "  --kv-blocks N            KV cache blocks (default: one max-length sequence)\n"
+            "  --kv-blocks N            KV cache blocks (default: one sequence of the model's\n"
+            "                           context, at most 4096 tokens; /v1/models reports the\n"
+            "                           longest sequence the pool holds as max_model_len)\n"
             "  --block-size N           tokens per KV block (default 16)\n"
             "  --max-batch-tokens N     tokens per forward step (default 512)\n"
             "  --max-seqs N             running sequences at most (default 64)\n"
             "  --max-wait-ms N          refuse requests (429 engine_overloaded) whose predicted\n"
             "                           wait exceeds N ms (default 0 = never)\n"
+            "  --max-queue N            refuse requests (429 engine_overloaded) while N wait to\n"
+            "                           start (default 256, 0 = no bound)\n"
             "  --max-body-bytes N       request body limit (default 8 MiB)\n"
+            "  --read-timeout-ms N      close a connection that sends nothing for N ms while a\n"
+            "                           request is due (default 120000)\n"
             "  --log-level LEVEL        debug, info, warn, error\n");
 }
 
@@ -129,13 +141,18 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"max-batch-tokens", required_argument, NULL, 'B'},
         {"max-seqs", required_argument, NULL, 'S'},
         {"max-wait-ms", required_argument, NULL, 'w'},
+        {"max-queue", required_argument, NULL, 'q'},
         {"max-body-bytes", required_argument, NULL, 'M'},
+        {"read-timeout-ms", required_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    *o = (struct options){
-        .host = "127.0.0.1", .device = "auto", .port = -1, .max_body_bytes = 8L << 20};
+    *o = (struct options){.host = "127.0.0.1",
+                          .device = "auto",
+                          .port = -1,
+                          .max_body_bytes = 8L << 20,
+                          .max_queue = DEFAULT_MAX_QUEUE};
     int ch;
     long v;
     enum log_level lvl;
@@ -181,9 +198,17 @@ static int parse_options(int argc, char **argv, struct options *o)
             if (parse_int(optarg, "max-wait-ms", 0, INT_MAX, &v)) return -1;
             o->max_wait_ms = (int)v;
             break;
+        case 'q':
+            if (parse_int(optarg, "max-queue", 0, 1 << 20, &v)) return -1;
+            o->max_queue = (int)v;
+            break;
         case 'M':
             if (parse_int(optarg, "max-body-bytes", 1024, 1L << 30, &v)) return -1;
             o->max_body_bytes = v;
+            break;
+        case 'r':
+            if (parse_int(optarg, "read-timeout-ms", 1, 24 * 3600 * 1000, &v)) return -1;
+            o->read_timeout_ms = (int)v;
             break;
         case 'l':
             if (log_level_parse(optarg, &lvl) != 0) {
@@ -258,7 +283,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     char err[512], namebuf[256], portbuf[16]; /* namebuf holds the served name for good */
     int rc = 1, listen_fd = -1, tcp_fd = -1;
-    struct engine_server srv = {.wake_fd = -1, .max_body_bytes = (size_t)o.max_body_bytes};
+    struct engine_server srv = {.wake_fd = -1,
+                                .max_body_bytes = (size_t)o.max_body_bytes,
+                                .read_timeout_ms = o.read_timeout_ms};
     struct event *sigs[2] = {NULL, NULL};
     srv.model_name =
         o.model_name ? o.model_name : dir_basename(o.model_dir, namebuf, sizeof namebuf);
@@ -289,7 +316,8 @@ int main(int argc, char **argv)
     log_info("engine", "%s", note);
     struct sched_params sp = {.max_batch_tokens = o.max_batch_tokens,
                               .max_seqs = o.max_seqs,
-                              .max_wait_ms = o.max_wait_ms};
+                              .max_wait_ms = o.max_wait_ms,
+                              .max_queue = o.max_queue};
     if (sched_create(srv.backend, srv.tok, &sp, &srv.sched, err, sizeof err) != 0 ||
         sched_start(srv.sched, err, sizeof err) != 0) {
         log_error("engine", "%s", err);
@@ -324,13 +352,14 @@ int main(int argc, char **argv)
     }
     log_info("engine",
              "serving %s (%s, %d layers, vocab %d, context %d, template %s) on %s%s%s%s; "
-             "%d KV blocks of %d tokens, max_batch_tokens %d",
+             "%d KV blocks of %d tokens (sequences up to %d tokens), max_batch_tokens %d",
              srv.model_name, model_arch_name(srv.model->cfg.arch), srv.model->cfg.n_layers,
              srv.model->cfg.vocab_size, srv.model->cfg.max_seq_len,
              chat_template_kind_name(srv.tmpl.kind), o.socket_path ? o.socket_path : "",
              o.socket_path && o.port >= 0 ? " and " : "", o.port >= 0 ? "tcp port " : "",
              o.port >= 0 ? (snprintf(portbuf, sizeof portbuf, "%d", o.port), portbuf) : "",
-             srv.backend->kv.n_blocks, srv.backend->kv.block_size, srv.backend->max_batch_tokens);
+             srv.backend->kv.n_blocks, srv.backend->kv.block_size, sched_max_context(srv.sched),
+             srv.backend->max_batch_tokens);
     event_base_dispatch(srv.base);
     rc = 0;
 out:

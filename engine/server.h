@@ -15,6 +15,7 @@
 
 struct event_base;
 struct evhttp;
+struct evhttp_bound_socket;
 struct event;
 struct srv_conn;
 struct srv_msg;
@@ -30,10 +31,15 @@ struct engine_server {
     struct sched *sched;
     const char *model_name; /* served name */
     size_t max_body_bytes;
+    int read_timeout_ms; /* idle keep-alive and slow request bound; 0: READ_TIMEOUT_S */
 
     /* main thread */
     struct event_base *base;
     struct evhttp *http;
+    struct evhttp_bound_socket *bound[2]; /* the listeners, disabled at shutdown */
+    int n_bound;
+    int stopping;            /* the scheduler is gone: final replies close their connections */
+    int flushing;            /* connections still writing a final reply at shutdown */
     struct event *wake_ev;   /* eventfd readable: scheduler messages are queued */
     struct srv_conn **conns; /* by fd */
     size_t conns_cap;
@@ -54,8 +60,9 @@ int server_http_init(struct engine_server *srv, char *err, size_t errlen);
 /* Serves on an already listening socket (unix or TCP). 0, or -1 with err. */
 int server_http_listen(struct engine_server *srv, int fd, char *err, size_t errlen);
 
-/* After the scheduler has been freed (every request finished): answers what is left, frees the
- * HTTP server and the queue. */
+/* After the scheduler has been freed (every request finished): stops accepting, answers what is
+ * left, runs the loop until those answers are written (at most 2 s; another event_base_loopexit,
+ * as a second signal makes, ends it sooner), then frees the HTTP server and the queue. */
 void server_http_free(struct engine_server *srv);
 
 /* Delivers the messages the scheduler queued (also called at shutdown). */

@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,9 +24,10 @@
 #include "engine/prompt.h"
 #include "gateway/openai.h"
 
-#define MAX_HEADER_BYTES (64 * 1024)
-#define READ_TIMEOUT_S   120
-#define WRITE_TIMEOUT_S  60
+#define MAX_HEADER_BYTES  (64 * 1024)
+#define READ_TIMEOUT_S    120
+#define WRITE_TIMEOUT_S   60
+#define SHUTDOWN_FLUSH_MS 2000 /* how long final replies get to reach their clients */
 
 /* ---- per-connection and per-request state -----------------------------------------------------
  */
@@ -37,6 +39,7 @@ struct srv_conn {
     struct event *peer_closed; /* EV_CLOSED watch while a request waits (PITFALLS: evhttp does
                                   not read, so cannot see a close, until it writes) */
     struct gen_req *active;
+    int flushing; /* counted in srv->flushing: a final reply is being written at shutdown */
 };
 
 /* A generation request. States:
@@ -103,7 +106,9 @@ static const char *reason_phrase(int status)
     case 429: return "Too Many Requests";
     case 499: return "Client Closed Request";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return "Error";
     }
 }
@@ -259,6 +264,26 @@ static void body_completion(struct evbuffer *b, const struct gen_req *r, const s
 /* ---- connections --------------------------------------------------------------------------------
  */
 
+/* evhttp's timeout, for reads and writes alike (evhttp_set_timeout_tv). */
+static struct timeval conn_timeout(const struct engine_server *srv)
+{
+    int ms = srv->read_timeout_ms > 0 ? srv->read_timeout_ms : READ_TIMEOUT_S * 1000;
+    return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+}
+
+/* Ends a stream's chunked body. start_stream took the read timeout away and evhttp never sets it
+ * again on a keep-alive connection, whose idle time would then be unbounded: put it back first,
+ * since evhttp_send_reply_end may free the connection. */
+static void end_stream(struct gen_req *r)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    if (evcon) {
+        struct timeval tv = conn_timeout(r->srv);
+        bufferevent_set_timeouts(evhttp_connection_get_bufferevent(evcon), &tv, &tv);
+    }
+    evhttp_send_reply_end(r->req);
+}
+
 static void gen_free(struct gen_req *r)
 {
     r->srv->active--;
@@ -290,7 +315,7 @@ static void gen_client_gone(struct gen_req *r, enum gone_how how)
     if (how == GONE_PEER_CLOSED) {
         /* Complete the exchange so evhttp writes, fails and frees the connection itself. */
         if (r->state == GEN_STREAMING) {
-            evhttp_send_reply_end(r->req);
+            end_stream(r);
         } else {
             evhttp_add_header(evhttp_request_get_output_headers(r->req), "Connection", "close");
             evhttp_send_reply(r->req, 499, "Client Closed Request", NULL);
@@ -314,6 +339,8 @@ static void on_conn_close(struct evhttp_connection *evcon, void *arg)
     }
     if (c->fd >= 0 && (size_t)c->fd < srv->conns_cap && srv->conns[c->fd] == c)
         srv->conns[c->fd] = NULL;
+    /* Written out (or failed): the shutdown flush ends with the last such connection. */
+    if (c->flushing && --srv->flushing == 0 && srv->stopping) event_base_loopbreak(srv->base);
     if (c->peer_closed) event_free(c->peer_closed);
     free(c);
 }
@@ -432,11 +459,23 @@ static void fail_generation(struct gen_req *r, const struct srv_msg *m)
     char json[512];
     int n = oai_error_render(&e, json, sizeof json);
     struct evbuffer *b = evbuffer_new();
-    if (!b) return evhttp_send_reply_end(r->req);
+    if (!b) return end_stream(r);
     if (n > 0) evbuffer_add_printf(b, "data: %s\n\n", json);
     evhttp_send_reply_chunk(r->req, b);
     evbuffer_free(b);
-    evhttp_send_reply_end(r->req);
+    end_stream(r);
+}
+
+/* At shutdown, a request's last reply closes its connection (evhttp frees it once the reply is
+ * written, even a stream whose headers are out: it reads the output headers then), and
+ * server_http_free's flush waits for that close. */
+static void close_after_reply(struct gen_req *r)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(r->req), "Connection", "close");
+    if (r->conn && !r->conn->flushing) {
+        r->conn->flushing = 1;
+        r->srv->flushing++;
+    }
 }
 
 static void deliver(struct engine_server *srv, struct srv_msg *m)
@@ -450,6 +489,7 @@ static void deliver(struct engine_server *srv, struct srv_msg *m)
         if (m->finished) gen_free(r);
         return;
     }
+    if (m->finished && srv->stopping) close_after_reply(r);
     int failed = m->finished && (m->reason == SCHED_FINISH_CANCELLED ||
                                  m->reason == SCHED_FINISH_ERROR || r->lost);
     if (failed) {
@@ -487,7 +527,7 @@ static void deliver(struct engine_server *srv, struct srv_msg *m)
         evbuffer_free(b);
     }
     if (m->finished) {
-        evhttp_send_reply_end(r->req);
+        end_stream(r);
         gen_detach(r);
         gen_free(r);
     }
@@ -748,7 +788,7 @@ static void handle_models(struct engine_server *srv, struct evhttp_request *req)
     evbuffer_add_printf(b,
                         ",\"object\":\"model\",\"created\":0,\"owned_by\":\"llmgate-engine\","
                         "\"max_model_len\":%d}]}",
-                        srv->model->cfg.max_seq_len);
+                        sched_max_context(srv->sched));
     reply(srv, req, 200, "application/json", b);
     evbuffer_free(b);
 }
@@ -825,7 +865,7 @@ static void handle_tokenize(struct engine_server *srv, struct evhttp_request *re
     for (size_t i = 0; i < p.n; i++)
         evbuffer_add_printf(b, "%s%d", i ? "," : "", p.ids[i]);
     evbuffer_add_printf(b, "],\"count\":%zu,\"max_model_len\":%d}", p.n,
-                        srv->model->cfg.max_seq_len);
+                        sched_max_context(srv->sched));
     reply(srv, req, 200, "application/json", b);
     evbuffer_free(b);
     prompt_ids_free(&p);
@@ -921,6 +961,11 @@ static const struct endpoint {
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct engine_server *srv = arg;
+    if (srv->stopping) { /* the shutdown flush: the scheduler is gone */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        return send_error(srv, req, 503, "server_error", "engine_shutting_down", NULL,
+                          "The engine is shutting down.");
+    }
     const char *uri = evhttp_request_get_uri(req);
     char path[256];
     size_t plen = strcspn(uri ? uri : "", "?#");
@@ -956,6 +1001,73 @@ static void on_request(struct evhttp_request *req, void *arg)
     case R_HEALTH: return handle_health(srv, req);
     case R_METRICS: return handle_metrics(srv, req);
     }
+}
+
+/* ---- evhttp's own error pages
+ * ----------------------------------------------------------------------- */
+
+/* libevent 2.1 answers some errors itself (413 body too large, 400 unparsable HTTP, 501 for a
+ * method it does not take: TRACE, CONNECT) with a fixed HTML page and has no hook to change it
+ * (evhttp's error callback is 2.2). Every connection's output buffer gets this callback (as the
+ * gateway's, gateway/server.c): a reply at the buffer's head with an error status that ends in
+ * that page is rewritten into an OpenAI-shaped JSON error with the same status. The engine's own
+ * replies are JSON or SSE and never end in the page's tail. */
+#define EVHTTP_PAGE_TAIL "</BODY></HTML>\n"
+
+static void rewrite_html_error(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    const struct engine_server *srv = arg;
+    size_t len = evbuffer_get_length(buf);
+    const size_t tail_len = sizeof EVHTTP_PAGE_TAIL - 1;
+    if (info->n_added == 0 || len < 64 || len > 4096) return;
+    /* Cheap first: this runs on every write (stream chunks included). */
+    struct evbuffer_iovec head_vec;
+    if (evbuffer_peek(buf, 16, NULL, &head_vec, 1) < 1 || head_vec.iov_len < 16) return;
+    const char *head = head_vec.iov_base;
+    if (memcmp(head, "HTTP/1.", 7) != 0 || head[8] != ' ' || (head[9] != '4' && head[9] != '5'))
+        return;
+    char tail[sizeof EVHTTP_PAGE_TAIL - 1];
+    struct evbuffer_ptr at;
+    if (evbuffer_ptr_set(buf, &at, len - tail_len, EVBUFFER_PTR_SET) != 0 ||
+        evbuffer_copyout_from(buf, &at, tail, tail_len) != (ev_ssize_t)tail_len ||
+        memcmp(tail, EVHTTP_PAGE_TAIL, tail_len) != 0)
+        return;
+    int status = atoi(head + 9);
+    if (status < 400 || status > 599) return;
+    char version = head[7];
+    char msg[160];
+    const char *code = "invalid_http";
+    if (status == 413) {
+        code = "request_too_large";
+        snprintf(msg, sizeof msg, "The request body is larger than the limit of %zu bytes.",
+                 srv->max_body_bytes);
+    } else if (status == 501) {
+        code = "unsupported_method";
+        snprintf(msg, sizeof msg, "The HTTP method is not supported.");
+    } else {
+        snprintf(msg, sizeof msg, "The HTTP request could not be parsed (%d).", status);
+    }
+    struct oai_error e;
+    oai_error_set(&e, status, "invalid_request_error", code, NULL, "%s", msg);
+    char json[512];
+    int n = oai_error_render(&e, json, sizeof json);
+    if (n < 0) return;
+    evbuffer_drain(buf, len);
+    evbuffer_add_printf(buf,
+                        "HTTP/1.%c %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        "Content-Length: %d\r\n\r\n",
+                        version, status, reason_phrase(status), n);
+    evbuffer_add(buf, json, (size_t)n);
+}
+
+static struct bufferevent *make_conn_bev(struct event_base *base, void *arg)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), rewrite_html_error, arg)) {
+        bufferevent_free(bev);
+        return NULL;
+    }
+    return bev;
 }
 
 /* ---- setup
@@ -994,24 +1106,48 @@ int server_http_init(struct engine_server *srv, char *err, size_t errlen)
     evhttp_set_max_body_size(srv->http, (ev_ssize_t)srv->max_body_bytes);
     /* Read the rest of an oversized body so the client sees the 413, not a reset. */
     evhttp_set_flags(srv->http, EVHTTP_SERVER_LINGERING_CLOSE);
-    struct timeval tv = {.tv_sec = READ_TIMEOUT_S};
+    struct timeval tv = conn_timeout(srv);
     evhttp_set_timeout_tv(srv->http, &tv);
     evhttp_set_gencb(srv->http, on_request, srv);
+    evhttp_set_bevcb(srv->http, make_conn_bev, srv);
     return 0;
 }
 
 int server_http_listen(struct engine_server *srv, int fd, char *err, size_t errlen)
 {
-    if (!evhttp_accept_socket_with_handle(srv->http, fd)) {
+    struct evhttp_bound_socket *bs = NULL;
+    if (srv->n_bound < (int)(sizeof srv->bound / sizeof *srv->bound))
+        bs = evhttp_accept_socket_with_handle(srv->http, fd);
+    if (!bs) {
         snprintf(err, errlen, "cannot accept on the listening socket");
         return -1;
     }
+    srv->bound[srv->n_bound++] = bs;
     return 0;
+}
+
+/* Runs the loop until every final reply of the shutdown is written (on_conn_close breaks it) or
+ * SHUTDOWN_FLUSH_MS pass; a second signal's loopexit ends it at once. */
+static void flush_final_replies(struct engine_server *srv)
+{
+    if (srv->flushing == 0) return;
+    struct timeval tv = {.tv_sec = SHUTDOWN_FLUSH_MS / 1000,
+                         .tv_usec = (SHUTDOWN_FLUSH_MS % 1000) * 1000};
+    if (event_base_loopexit(srv->base, &tv) != 0) return;
+    if (event_base_dispatch(srv->base) < 0) log_warn("engine", "shutdown flush: loop failed");
+    if (srv->flushing > 0) log_warn("engine", "%d replies cut short at shutdown", srv->flushing);
 }
 
 void server_http_free(struct engine_server *srv)
 {
+    /* The scheduler is gone: no new connections, and requests that still arrive on open ones
+     * are refused (on_request). */
+    srv->stopping = 1;
+    for (int i = 0; i < srv->n_bound; i++)
+        if (evconnlistener_disable(evhttp_bound_socket_get_listener(srv->bound[i])) != 0)
+            log_warn("engine", "cannot stop accepting connections");
     server_http_drain(srv); /* the scheduler is gone: these are the last messages */
+    flush_final_replies(srv);
     /* evhttp_free closes every connection; their close callbacks free our state. */
     if (srv->http) evhttp_free(srv->http);
     srv->http = NULL;

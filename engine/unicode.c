@@ -193,6 +193,71 @@ static int ccc_any(uint32_t cp)
     return cp >= UNI_BAD_BYTE ? 0 : uni_ccc_of(cp);
 }
 
+/* Runs of non-starters up to this long are insertion-sorted; longer ones are counted. */
+#define ORDER_SHORT_RUN 32
+
+/* Stable sort of v[0..k) by combining class (cls[i] of v[i], all nonzero) in O(k + 256),
+ * through tmp (room for k). */
+static void order_long_run(uint32_t *v, const uint8_t *cls, size_t k, uint32_t *tmp)
+{
+    size_t start[257] = {0};
+    for (size_t i = 0; i < k; i++)
+        start[cls[i] + 1]++;
+    for (int c = 1; c <= 256; c++)
+        start[c] += start[c - 1];
+    for (size_t i = 0; i < k; i++)
+        tmp[start[cls[i]]++] = v[i];
+    memcpy(v, tmp, k * sizeof *v);
+}
+
+/* Canonical ordering: a stable sort of every run of non-starters by combining class. A run
+ * of k marks costs O(k) even when k is huge: text like "a" + 40k alternating marks must not
+ * stall the engine's loop (insertion sort made it quadratic). Returns -1 on OOM. */
+static int canonical_order(uint32_t *v, size_t n)
+{
+    uint32_t *tmp = NULL;
+    uint8_t *cls = NULL;
+    for (size_t i = 0; i < n;) {
+        if (ccc_any(v[i]) == 0) {
+            i++;
+            continue;
+        }
+        size_t end = i + 1;
+        while (end < n && ccc_any(v[end]) != 0)
+            end++;
+        size_t k = end - i;
+        if (k <= ORDER_SHORT_RUN) {
+            for (size_t j = i + 1; j < end; j++) {
+                uint32_t x = v[j];
+                int c = ccc_any(x);
+                size_t p = j;
+                while (p > i && ccc_any(v[p - 1]) > c) {
+                    v[p] = v[p - 1];
+                    p--;
+                }
+                v[p] = x;
+            }
+        } else {
+            if (!tmp) {
+                tmp = malloc(n * sizeof *tmp);
+                cls = malloc(n);
+                if (!tmp || !cls) {
+                    free(tmp);
+                    free(cls);
+                    return -1;
+                }
+            }
+            for (size_t j = 0; j < k; j++)
+                cls[j] = (uint8_t)ccc_any(v[i + j]);
+            order_long_run(v + i, cls, k, tmp);
+        }
+        i = end;
+    }
+    free(tmp);
+    free(cls);
+    return 0;
+}
+
 int uni_nfc(const char *s, size_t n, char **out, size_t *out_len)
 {
     const unsigned char *u = (const unsigned char *)s;
@@ -216,18 +281,7 @@ int uni_nfc(const char *s, size_t n, char **out, size_t *out_len)
         i += uni_decode(u + i, n - i, &cp);
         if (decompose(&b, cp, 0) < 0) goto oom;
     }
-    /* canonical ordering: stable insertion sort of each run of non-starters */
-    for (size_t i = 1; i < b.n; i++) {
-        int c = ccc_any(b.v[i]);
-        if (c == 0) continue;
-        size_t j = i;
-        uint32_t x = b.v[i];
-        while (j > 0 && ccc_any(b.v[j - 1]) > c) {
-            b.v[j] = b.v[j - 1];
-            j--;
-        }
-        b.v[j] = x;
-    }
+    if (canonical_order(b.v, b.n) < 0) goto oom;
     /* canonical composition */
     if (b.n > 0) {
         size_t starter = 0, w = 1;

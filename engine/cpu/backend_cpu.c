@@ -264,8 +264,7 @@ int backend_cpu_create(const struct model *m, const struct backend_params *param
     }
     if (p.block_size <= 0) p.block_size = 16;
     if (p.max_batch_tokens <= 0) p.max_batch_tokens = 512;
-    if (p.n_blocks <= 0) /* one sequence of up to 4096 tokens; the scheduler sizes real pools */
-        p.n_blocks = (c->max_seq_len < 4096 ? c->max_seq_len : 4096) / p.block_size + 1;
+    if (p.n_blocks <= 0) p.n_blocks = backend_default_kv_blocks(c, p.block_size);
 
     struct cpu_backend *cb = calloc(1, sizeof *cb);
     if (!cb) {

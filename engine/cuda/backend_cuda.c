@@ -777,8 +777,7 @@ int backend_cuda_create(const struct model *m, const struct backend_params *para
     struct backend_params p = params ? *params : (struct backend_params){0};
     if (p.block_size <= 0) p.block_size = 16;
     if (p.max_batch_tokens <= 0) p.max_batch_tokens = 512;
-    if (p.n_blocks <= 0)
-        p.n_blocks = (c->max_seq_len < 4096 ? c->max_seq_len : 4096) / p.block_size + 1;
+    if (p.n_blocks <= 0) p.n_blocks = backend_default_kv_blocks(c, p.block_size);
     if (cuda_attention_supported(c->n_heads, c->n_kv_heads, c->head_dim) != 0) {
         snprintf(err, errlen,
                  "cuda backend: unsupported attention shape (%d heads, %d kv heads, head_dim %d)",

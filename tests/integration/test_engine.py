@@ -1,16 +1,20 @@
 """llmgate-engine on a unix socket, driven by the official openai SDK and httpx, with a tiny
 random-weight model made by `llmgate-engine mkmodel` in a temp dir. The model's text is noise;
 the tests check shapes, determinism, accounting, cancellation and overload refusal."""
+import contextlib
+import json
 import os
 import re
+import shutil
 import signal
+import socket
 import threading
 
 import httpx
 import openai
 import pytest
 
-from conftest import BUILDDIR, Proc, wait_until
+from conftest import BUILDDIR, WAIT_S, Proc, wait_until
 
 ENGINE = BUILDDIR / "llmgate-engine"
 MODEL = "tiny"
@@ -242,6 +246,204 @@ def test_overload_refused_with_429(tmp_mod, model_dir):
         assert e.metrics()["llmgate_engine_requests_total:429"] == results.count("engine_overloaded")
     finally:
         e.stop()
+
+
+def raw_reply(sock_path, data):
+    """Sends raw bytes on a new connection and reads one reply: (status, headers, body)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock_path)
+        s.settimeout(WAIT_S)
+        s.sendall(data)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            assert chunk, f"closed before a whole reply head: {buf!r}"
+            buf += chunk
+        head, body = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+        assert "content-length" in headers, head
+        while len(body) < int(headers["content-length"]):
+            chunk = s.recv(65536)
+            assert chunk, "closed mid-body"
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+
+
+def test_evhttp_error_pages_are_openai_shaped(tmp_mod, model_dir):
+    """The errors evhttp answers itself (body too large, unparsable HTTP, a method it does not
+    take) come as OpenAI-shaped JSON, not its HTML page."""
+    e = Engine(tmp_mod, model_dir, "pages", "--max-body-bytes", "1024")
+    try:
+        big = json.dumps({"model": MODEL, "prompt": "x" * 2000}).encode()
+        cases = [
+            (b"POST /v1/completions HTTP/1.1\r\nHost: e\r\nContent-Type: application/json\r\n"
+             b"Content-Length: %d\r\n\r\n" % len(big) + big, 413, "request_too_large"),
+            (b"GARBAGE\r\n\r\n", 400, "invalid_http"),
+            (b"TRACE / HTTP/1.1\r\nHost: e\r\n\r\n", 501, "unsupported_method"),
+            (b"CONNECT engine:80 HTTP/1.1\r\nHost: e\r\n\r\n", 501, "unsupported_method"),
+        ]
+        for data, status, code in cases:
+            got, headers, body = raw_reply(e.sock, data)
+            assert (got, headers["content-type"]) == (status, "application/json"), body
+            err = json.loads(body)["error"]
+            assert err["code"] == code and err["type"] == "invalid_request_error"
+        assert "1024 bytes" in json.loads(raw_reply(e.sock, cases[0][0])[2])["error"]["message"]
+    finally:
+        e.stop()
+
+
+def long_context_model(tmp_mod, model_dir, n_ctx):
+    """The tiny model with another context window (its weights do not depend on it)."""
+    d = tmp_mod / f"tiny-ctx{n_ctx}"
+    if not d.exists():
+        shutil.copytree(model_dir, d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["max_position_embeddings"] = n_ctx
+        (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def post_in_thread(e, path, body):
+    """POSTs body on a new connection from a thread; the dict gets "reply": (status, json), or
+    the transport error."""
+    out = {}
+
+    def post():
+        with httpx.Client(transport=httpx.HTTPTransport(uds=e.sock), base_url="http://engine",
+                          timeout=WAIT_S) as h:
+            try:
+                r = h.post(path, json=body)
+                out["reply"] = (r.status_code, r.json())
+            except httpx.HTTPError as err:
+                out["reply"] = (None, repr(err))
+
+    t = threading.Thread(target=post)
+    t.start()
+    return t, out
+
+
+@contextlib.contextmanager
+def endless_stream(e):
+    """A stream that cannot end by itself in a test's time (the engine serves a 256k-token
+    window), past its first token; yields its remaining lines. Leaving closes it."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=e.sock), base_url="http://engine",
+                      timeout=WAIT_S) as h, \
+            h.stream("POST", "/v1/completions",
+                     json={"model": MODEL, "prompt": "x", "stream": True,
+                           "ignore_eos": True}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert any(line.startswith("data: {") for line in lines)  # the first token
+        yield lines
+
+
+LONG_CTX = 1 << 18
+
+
+def test_shutdown_answers_requests_in_flight(tmp_mod, model_dir):
+    """SIGTERM mid-stream: the stream ends with an engine_shutting_down error event and a request
+    queued behind it gets a 503 JSON error, both as complete HTTP exchanges."""
+    e = Engine(tmp_mod, long_context_model(tmp_mod, model_dir, LONG_CTX), "shutdown",
+               "--max-seqs", "1", "--kv-blocks", str(LONG_CTX // 16))
+    asker = None
+    try:
+        with endless_stream(e) as lines:
+            asker, queued = post_in_thread(e, "/v1/completions",
+                                           {"model": MODEL, "prompt": "y", "max_tokens": 4})
+            wait_until(lambda: e.metrics()["llmgate_engine_queue_depth"] == 1,
+                       "a request queued behind the stream")
+            e.proc.send(signal.SIGTERM)
+            try:
+                events = [line[6:] for line in lines if line.startswith("data: ")]
+            except httpx.RemoteProtocolError as err:
+                pytest.fail(f"the stream was cut without its end: {err!r}")
+        asker.join()
+        assert events, "no event after the signal"
+        assert json.loads(events[-1])["error"]["code"] == "engine_shutting_down"
+        status, body = queued["reply"]
+        assert status == 503 and body["error"]["code"] == "engine_shutting_down", body
+        assert e.proc.p.wait(timeout=WAIT_S) == 0
+    finally:
+        e.stop()
+        if asker:
+            asker.join()
+
+
+def test_full_queue_refused_with_429(tmp_mod, model_dir):
+    """--max-queue: with that many requests waiting to start, the next gets 429
+    engine_overloaded at once; the waiting ones still run."""
+    e = Engine(tmp_mod, long_context_model(tmp_mod, model_dir, LONG_CTX), "queue",
+               "--max-seqs", "1", "--max-queue", "1", "--kv-blocks", str(LONG_CTX // 16))
+    asker = None
+    try:
+        with endless_stream(e):
+            asker, queued = post_in_thread(e, "/v1/completions",
+                                           {"model": MODEL, "prompt": "y", "max_tokens": 4})
+            wait_until(lambda: e.metrics()["llmgate_engine_queue_depth"] == 1,
+                       "a request queued behind the stream")
+            with pytest.raises(openai.RateLimitError) as err:
+                e.client().completions.create(model=MODEL, prompt="z", max_tokens=4)
+            assert err.value.body["code"] == "engine_overloaded"
+            assert "waiting" in err.value.body["message"]
+            assert int(err.value.response.headers["retry-after"]) >= 1
+        # leaving the stream cancelled it: the waiting request runs
+        asker.join()
+        status, body = queued["reply"]
+        assert status == 200 and body["usage"]["completion_tokens"] == 4, body
+        wait_until(e.idle, "engine idle")
+        assert e.metrics()["llmgate_engine_requests_total:429"] == 1
+    finally:
+        e.stop()
+        if asker:
+            asker.join()
+
+
+def test_keepalive_read_timeout_after_a_stream(tmp_mod, model_dir):
+    """A stream lifts the read timeout while it runs; afterwards an idle keep-alive connection
+    is closed after --read-timeout-ms again."""
+    e = Engine(tmp_mod, model_dir, "idle", "--read-timeout-ms", "300")
+    try:
+        body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": True,
+                           "ignore_eos": True}).encode()
+        req = (b"POST /v1/completions HTTP/1.1\r\nHost: engine\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(e.sock)
+            s.settimeout(WAIT_S)
+            s.sendall(req)
+            buf = b""
+            while not buf.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's end
+                chunk = s.recv(65536)
+                assert chunk, "closed mid-stream"
+                buf += chunk
+            assert b"data: [DONE]" in buf
+            try:
+                assert s.recv(1) == b"", "data after the stream"
+            except socket.timeout:
+                pytest.fail("the idle keep-alive connection was never closed")
+    finally:
+        e.stop()
+
+
+def test_max_model_len_is_what_the_kv_pool_holds(tmp_mod, model_dir):
+    """/v1/models and /tokenize advertise the longest sequence the engine serves: the context
+    window, or the KV pool when smaller (the default pool holds 4096 tokens)."""
+    d = long_context_model(tmp_mod, model_dir, 8192)
+    for extra, want in (((), 4096), (("--kv-blocks", "8"), 128)):
+        e = Engine(tmp_mod, d, f"ctx{want}", *extra)
+        try:
+            assert e.http.get("/v1/models").json()["data"][0]["max_model_len"] == want
+            assert e.http.post("/tokenize", json={"text": "hi"}).json()["max_model_len"] == want
+            c = e.client()
+            r = c.completions.create(model=MODEL, prompt=[7] * (want - 1), max_tokens=1,
+                                     extra_body={"ignore_eos": True})
+            assert r.usage.total_tokens == want and r.choices[0].finish_reason == "length"
+            with pytest.raises(openai.BadRequestError) as err:
+                c.completions.create(model=MODEL, prompt=[7] * want, max_tokens=1)
+            assert err.value.body["code"] == "context_length_exceeded"
+        finally:
+            e.stop()
 
 
 # ---- the gateway's `local` provider: a supervised engine child -------------------------------------

@@ -330,6 +330,54 @@ static void test_preemption(void **state)
     env_close(&e);
 }
 
+/* Preemptions on the scheduler thread while another thread reads the stats: the counter is
+ * published under the lock (a ThreadSanitizer build flags any unlocked update), grows
+ * monotonically, and the outputs are those of solo runs. */
+static void test_stats_while_stepping(void **state)
+{
+    (void)state;
+    struct sched_request reqs[NREQ];
+    static struct out alone[NREQ], tight[NREQ];
+    make_reqs(reqs);
+    run_alone(reqs, alone, NREQ);
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    struct env e;
+    env_open(&e, 4, 40, 64, 0); /* the pool of test_preemption: preempts */
+    memset(tight, 0, sizeof tight);
+    char err[256];
+    assert_int_equal(sched_start(e.s, err, sizeof err), 0);
+    for (int i = 0; i < NREQ; i++) {
+        tight[i].mu = &mu;
+        tight[i].cv = &cv;
+        reqs[i].ud = &tight[i];
+        submit_ok(e.s, &reqs[i]);
+    }
+    uint64_t last = 0;
+    struct sched_stats st;
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < NREQ; i++)
+            done += tight[i].finished;
+        if (done == NREQ) break;
+        pthread_mutex_unlock(&mu);
+        sched_get_stats(e.s, &st); /* races with the steps on purpose */
+        assert_true(st.preemptions >= last);
+        last = st.preemptions;
+        pthread_mutex_lock(&mu);
+    }
+    pthread_mutex_unlock(&mu);
+    /* A preempted sequence finishes in a later step than its preemption, whose stats were
+     * published before that step began. */
+    sched_get_stats(e.s, &st);
+    assert_true(st.preemptions > 0);
+    sched_free(e.s);
+    backend_free(e.b);
+    for (int i = 0; i < NREQ; i++)
+        assert_same(&tight[i], &alone[i]);
+}
+
 static void test_cancel(void **state)
 {
     (void)state;
@@ -527,6 +575,43 @@ static void test_overload(void **state)
     env_close(&e);
 }
 
+/* At most max_queue requests wait to start: the next is refused as overloaded until one starts. */
+static void test_queue_bound(void **state)
+{
+    (void)state;
+    struct env e;
+    char err[256];
+    struct backend_params bp = {
+        .n_threads = 1, .block_size = 16, .n_blocks = 64, .max_batch_tokens = 256};
+    if (backend_cpu_create(g_model, &bp, &e.b, err, sizeof err) != 0) fail_msg("%s", err);
+    struct sched_params sp = {.max_seqs = 1, .max_queue = 2};
+    if (sched_create(e.b, g_tok, &sp, &e.s, err, sizeof err) != 0) fail_msg("%s", err);
+    int32_t prompt[8];
+    make_prompt(prompt, 8, 1);
+    struct out o[4];
+    memset(o, 0, sizeof o);
+    struct sched_request r;
+    uint64_t id;
+    for (int i = 0; i < 2; i++) {
+        greedy_req(&r, prompt, 8, 5, &o[i]);
+        submit_ok(e.s, &r);
+    }
+    greedy_req(&r, prompt, 8, 5, &o[2]);
+    assert_int_equal(sched_submit(e.s, &r, &id, err, sizeof err), SCHED_E_OVERLOADED);
+    assert_non_null(strstr(err, "2 requests are waiting"));
+    assert_int_equal(sched_step(e.s), 1); /* the first starts (max_seqs 1): room for one */
+    submit_ok(e.s, &r);
+    greedy_req(&r, prompt, 8, 5, &o[3]);
+    assert_int_equal(sched_submit(e.s, &r, &id, err, sizeof err), SCHED_E_OVERLOADED);
+    assert_int_equal(sched_run_until_idle(e.s), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_true(o[i].finished);
+        assert_int_equal(o[i].completion_tokens, 5);
+    }
+    assert_false(o[3].finished); /* refused: its callback never runs */
+    env_close(&e);
+}
+
 static void test_invalid(void **state)
 {
     (void)state;
@@ -570,10 +655,12 @@ int main(void)
         cmocka_unit_test(test_batching_matches_alone),
         cmocka_unit_test(test_chunked_prefill),
         cmocka_unit_test(test_preemption),
+        cmocka_unit_test(test_stats_while_stepping),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_seeds),
         cmocka_unit_test(test_overload),
+        cmocka_unit_test(test_queue_bound),
         cmocka_unit_test(test_invalid),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -429,13 +429,138 @@ static void test_synthetic(void **state)
     assert_non_null(strstr(err, "vocab_size"));
 }
 
+/* ---------------------------------------------------------------- NFC canonical ordering */
+
+static int in_comp_or_decomp(uint32_t cp)
+{
+    for (size_t i = 0; i < uni_decomp_len; i++)
+        if (uni_decomp[i].cp == cp) return 1;
+    for (size_t i = 0; i < uni_comp_len; i++)
+        if (uni_comp[i].a == cp || uni_comp[i].b == cp) return 1;
+    return 0;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* The reference canonical ordering: stable insertion sort of each run of non-starters. */
+static void order_reference(uint32_t *v, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        int c = uni_ccc_of(v[i]);
+        if (c == 0) continue;
+        uint32_t x = v[i];
+        size_t j = i;
+        while (j > 0 && uni_ccc_of(v[j - 1]) > c) {
+            v[j] = v[j - 1];
+            j--;
+        }
+        v[j] = x;
+    }
+}
+
+static char *encode_cps(const uint32_t *v, size_t n, size_t *len)
+{
+    char *s = malloc(n * 4 + 1);
+    assert_non_null(s);
+    size_t l = 0;
+    for (size_t i = 0; i < n; i++)
+        l += uni_encode(v[i], s + l);
+    s[l] = '\0';
+    *len = l;
+    return s;
+}
+
+/* NFC of s must be want (byte for byte). */
+static void expect_nfc(const char *s, size_t n, const char *want, size_t want_len)
+{
+    char *out;
+    size_t ol;
+    assert_int_equal(uni_nfc(s, n, &out, &ol), 0);
+    const char *got = out ? out : s;
+    assert_int_equal(ol, want_len);
+    assert_memory_equal(got, want, want_len);
+    free(out);
+}
+
+/* Marks that neither decompose nor compose, so NFC of a starter plus marks is exactly the
+ * canonical ordering: random runs (short and long, every class) against the reference. */
+static void test_nfc_order_random(void **state)
+{
+    (void)state;
+    uint32_t marks[2048];
+    size_t nm = 0;
+    for (size_t r = 0; r < uni_ccc_len && nm < 2048; r++)
+        for (uint32_t cp = uni_ccc[r].lo; cp <= uni_ccc[r].hi && nm < 2048; cp++)
+            if (uni_ccc_of(cp) != 0 && !in_comp_or_decomp(cp)) marks[nm++] = cp;
+    assert_true(nm > 100);
+    static const uint32_t starters[] = {'q', '7', ' ', 0x4E00};
+    for (size_t i = 0; i < 4; i++)
+        assert_false(in_comp_or_decomp(starters[i]));
+    uint64_t seed = 0x9E3779B97F4A7C15ull;
+    enum { MAXCP = 600 };
+    uint32_t in[MAXCP], want[MAXCP];
+    for (int iter = 0; iter < 3000; iter++) {
+        size_t n = 0;
+        uint32_t pool[8]; /* a few marks per input: many equal classes, so stability counts */
+        size_t np = 2 + rng_next(&seed) % 7;
+        for (size_t k = 0; k < np; k++)
+            pool[k] = marks[rng_next(&seed) % nm];
+        while (n < MAXCP - 1) {
+            if (rng_next(&seed) % 3 == 0) in[n++] = starters[rng_next(&seed) % 4];
+            size_t run = rng_next(&seed) % 4 == 0 ? rng_next(&seed) % 200 : rng_next(&seed) % 5;
+            for (size_t k = 0; k < run && n < MAXCP; k++)
+                in[n++] = pool[rng_next(&seed) % np];
+            if (rng_next(&seed) % 4 == 0) break;
+        }
+        memcpy(want, in, n * sizeof *in);
+        order_reference(want, n);
+        size_t il, wl;
+        char *is = encode_cps(in, n, &il), *ws = encode_cps(want, n, &wl);
+        expect_nfc(is, il, ws, wl);
+        free(is);
+        free(ws);
+    }
+}
+
+/* "a" + (U+0301 U+0316) x N: one run of 2N marks, reordered then composed, is
+ * U+00E1 + U+0316 x N + U+0301 x (N - 1). A quadratic ordering would not finish. */
+static void test_nfc_long_run(void **state)
+{
+    (void)state;
+    const size_t pairs = (size_t)1 << 19;
+    char *s = malloc(1 + pairs * 4 + 1), *want = malloc(2 + pairs * 4 + 1);
+    assert_true(s && want);
+    size_t n = 0, wl = 0;
+    s[n++] = 'a';
+    for (size_t i = 0; i < pairs; i++) {
+        memcpy(s + n, "\xCC\x81\xCC\x96", 4);
+        n += 4;
+    }
+    memcpy(want, "\xC3\xA1", 2);
+    wl = 2;
+    for (size_t i = 0; i < pairs; i++, wl += 2)
+        memcpy(want + wl, "\xCC\x96", 2);
+    for (size_t i = 1; i < pairs; i++, wl += 2)
+        memcpy(want + wl, "\xCC\x81", 2);
+    expect_nfc(s, n, want, wl);
+    free(s);
+    free(want);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixtures),     cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_invalid_utf8), cmocka_unit_test(test_stream_split_char),
         cmocka_unit_test(test_accessors),    cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_synthetic),
+        cmocka_unit_test(test_synthetic),    cmocka_unit_test(test_nfc_order_random),
+        cmocka_unit_test(test_nfc_long_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
