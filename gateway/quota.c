@@ -852,7 +852,10 @@ static void adjust_upstream_body(struct request *r, long cap)
 {
     struct oai_request *o = &r->oai;
     if (o->endpoint == OAI_EMBEDDINGS || !o->root) return;
-    if (o->max_tokens < 0) cJSON_AddNumberToObject(o->root, "max_tokens", (double)cap);
+    if (o->max_tokens < 0) { /* absent or null: a null one is replaced, not followed by a second */
+        cJSON_DeleteItemFromObjectCaseSensitive(o->root, "max_tokens");
+        cJSON_AddNumberToObject(o->root, "max_tokens", (double)cap);
+    }
     if (o->stream && !o->include_usage) {
         cJSON *so = cJSON_GetObjectItemCaseSensitive(o->root, "stream_options");
         if (!cJSON_IsObject(so)) {

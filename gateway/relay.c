@@ -59,6 +59,22 @@ static void fail_before_reply(struct request *r, int status, const char *type, c
     request_fail(r, status, type, code, NULL, fmt, detail ? detail : "");
 }
 
+/* The JSON document that is the whole of d (whitespace around it allowed), or
+ * NULL: cJSON_ParseWithLength stops after the first value and would accept
+ * "{...}junk", which jsonv_check (the static-key path) rejects. */
+static cJSON *parse_whole(const char *d, size_t n)
+{
+    const char *end = NULL;
+    cJSON *doc = n ? cJSON_ParseWithLengthOpts(d, n, &end, 0) : NULL;
+    if (!doc) return NULL;
+    const char *stop = d + n;
+    while (end < stop && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    if (end == stop) return doc;
+    cJSON_Delete(doc);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- SSE relay */
 
 static void on_client_drained(struct evhttp_connection *evcon, void *arg)
@@ -81,18 +97,21 @@ static void start_stream_reply(struct request *r)
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_add_header(h, "X-Accel-Buffering", "no");
     route_headers(r);
-    evhttp_send_reply_start(req, 200, "OK");
+    server_stream_start(req, r->w, r->cfg->write_timeout_ms);
     r->state = RS_STREAMING;
     r->status = 200;
-    /* evhttp's one timeout would also cut a stream whose client is silent
-     * (libevent #715): no read timeout from here, only a write timeout. */
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    if (evcon) {
-        struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-        struct timeval wt = {.tv_sec = r->cfg->write_timeout_ms / 1000,
-                             .tv_usec = (r->cfg->write_timeout_ms % 1000) * 1000};
-        bufferevent_set_timeouts(bev, NULL, &wt);
-    }
+}
+
+/* Completes the streamed reply. r is detached from its connection first: an
+ * HTTP/1.0 reply with nothing left to write completes, and its connection is
+ * freed, inside the call (server_end_reply), and the close callback must not
+ * find r there. r->req is gone afterwards. */
+static void end_stream_reply(struct request *r)
+{
+    struct evhttp_request *req = r->req;
+    request_detach(r);
+    r->req = NULL;
+    server_end_reply(req);
 }
 
 /* Sends pending frames; returns 1 when the client's output is above the high
@@ -115,13 +134,17 @@ static int flush_frames(struct request *r)
     return evbuffer_get_length(out) > OUT_HIGH_WATERMARK;
 }
 
-/* Whether a chunk's first choice carries non-empty text ("content" of a chat
- * delta or "text" of a completion), as quota_usage_from_chunk counts it, without
- * building a tree. The chunk was validated, so the scan cannot run off a string. */
-static bool chunk_has_text(const char *d, size_t n)
+/* Whether a chunk carries generated output: a non-empty "content" of a chat
+ * delta or "text" of a completion (as quota_usage_from_chunk counts them), a
+ * "reasoning_content" delta, or a fragment of tool call "arguments". Each is
+ * a token or more the upstream generated, metered at one token per chunk when
+ * its usage never comes. A scan, without building a tree: the chunk was
+ * validated, so it cannot run off a string. */
+static bool chunk_has_output(const char *d, size_t n)
 {
-    static const char *const names[] = {"\"content\"", "\"text\""};
-    for (int k = 0; k < 2; k++) {
+    static const char *const names[] = {"\"content\"", "\"text\"", "\"reasoning_content\"",
+                                        "\"arguments\""};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         size_t nl = strlen(names[k]);
         const char *p = memmem(d, n, names[k], nl);
         if (!p) continue;
@@ -158,14 +181,19 @@ static int relay_event(struct request *r, const struct sse_event *ev)
                 r->error = "upstream_malformed";
                 return 1;
             }
-            if (r->key && chunk_has_text(ev->data, ev->data_len)) r->usage.chunks++;
+            if (r->key && chunk_has_output(ev->data, ev->data_len)) r->usage.chunks++;
         } else {
-            cJSON *doc = cJSON_ParseWithLength(ev->data, ev->data_len);
+            cJSON *doc = parse_whole(ev->data, ev->data_len);
             bool ok = cJSON_IsObject(doc);
             /* Metering: usage and content chunks; the usage-only chunk is dropped
              * when only the gateway asked for it (gateway/quota.c). */
             if (ok) cachestage_observe_chunk(r, doc); /* assembles a cacheable answer */
+            long counted = r->usage.chunks;
             bool drop = ok && quota_usage_from_chunk(r, doc);
+            /* quota counts text; reasoning and tool call fragments count as well. */
+            if (ok && r->key && r->usage.chunks == counted &&
+                chunk_has_output(ev->data, ev->data_len))
+                r->usage.chunks++;
             cJSON_Delete(doc);
             if (!ok) {
                 r->error = "upstream_malformed";
@@ -279,8 +307,8 @@ static void finish_stream(struct request *r, enum upstream_result res, const cha
     bool truncated = sse_parser_finish(&r->sse) != 0;
     if (res == UPSTREAM_OK && r->saw_done && !truncated) {
         flush_frames(r);
-        server_end_reply(r->req);
         cachestage_stream_complete(r); /* whole: the cache may store it */
+        end_stream_reply(r);
         request_end(r);
         return;
     }
@@ -309,7 +337,7 @@ static void finish_stream(struct request *r, enum upstream_result res, const cha
     r->error = code;
     r->status = 200;
     stream_error_event(r, is_timeout(res) ? "timeout" : "upstream_error", code, msg);
-    server_end_reply(r->req);
+    end_stream_reply(r);
     request_end(r);
 }
 
@@ -323,7 +351,7 @@ static void finish_buffered(struct request *r)
     bool need_tree = r->up_status != 200 || r->key || cachestage_wants_chunks(r);
     bool is_error_shape = false, ok_json;
     if (need_tree) {
-        cJSON *doc = len ? cJSON_ParseWithLength(body, len) : NULL;
+        cJSON *doc = parse_whole(body, len);
         is_error_shape = doc && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(doc, "error"));
         ok_json = doc && cJSON_IsObject(doc);
         if (ok_json && r->up_status == 200) {
@@ -621,7 +649,10 @@ static int try_start(struct request *r)
         if (rc != 0) {
             free(body);
             release_probe(r);
-            if (rc == ADAPTER_UNSUPPORTED) continue; /* this provider cannot serve it */
+            if (rc == ADAPTER_UNSUPPORTED) { /* this provider cannot serve it */
+                r->unsupported++;
+                continue;
+            }
             fail_before_reply(r, 500, "server_error", "internal_error", "%s",
                               "The gateway could not build the upstream request.");
             return -1;
@@ -710,9 +741,30 @@ static int try_start(struct request *r)
     return 0;
 }
 
-/* No target could be tried at all: every one is cooling down or its breaker is open. */
+/* No target could be tried at all: every one is cooling down, its breaker is
+ * open, or its provider cannot serve the request (its adapter cannot express
+ * it). The last, for every target, is the client's error: nothing would change
+ * on a retry. */
 static void reply_no_target(struct request *r)
 {
+    if (r->plan.n && r->unsupported == r->plan.n) {
+        const struct provider_conf *p = r->target.provider;
+        char msg[384];
+        if (r->oai.endpoint == OAI_CHAT)
+            snprintf(msg, sizeof msg,
+                     "The model `%.64s` is served by provider `%.64s` (%s), which cannot express "
+                     "this request: one of its fields or values has no equivalent in that API.",
+                     r->oai.model, p->name, adapter_for(p->kind)->name);
+        else
+            snprintf(msg, sizeof msg,
+                     "The model `%.64s` is served by provider `%.64s` (%s), which does not "
+                     "support this endpoint.",
+                     r->oai.model, p->name, adapter_for(p->kind)->name);
+        route_headers(r);
+        request_fail(r, 400, "invalid_request_error", "unsupported_by_provider",
+                     r->oai.endpoint == OAI_CHAT ? NULL : "model", "%s", msg);
+        return;
+    }
     atomic_fetch_add(&routing_metrics.no_target, 1);
     if (r->cool_left_ms) {
         char ra[32];
@@ -812,8 +864,7 @@ static void finish_orphan(struct request *r, enum upstream_result res, int pf)
 {
     if (!r->up_sse && res == UPSTREAM_OK && pf < 0 && r->up_status == 200) {
         size_t len = evbuffer_get_length(r->body);
-        cJSON *doc =
-            len ? cJSON_ParseWithLength((const char *)evbuffer_pullup(r->body, -1), len) : NULL;
+        cJSON *doc = parse_whole((const char *)evbuffer_pullup(r->body, -1), len);
         if (cJSON_IsObject(doc)) quota_usage_from_body(r, doc);
         cJSON_Delete(doc);
     }

@@ -280,11 +280,7 @@ void request_end(struct request *r)
     relay_cancel(r);
     cachestage_request_end(r); /* store the answer, hand it to identical waiters */
     quota_settle(r);           /* charge, refund, usage record */
-    if (r->conn) {
-        if (r->watching) conn_unwatch(r->conn);
-        r->conn->active = NULL;
-        r->conn = NULL;
-    }
+    request_detach(r);
     uint64_t now = util_now_us();
     enum answer_source src = r->usage.from_cache ? SRC_CACHE
                              : r->t_up_us        ? SRC_UPSTREAM
@@ -318,6 +314,15 @@ struct evhttp_request *request_evreq(const struct request *r)
     return r->req;
 }
 
+void request_detach(struct request *r)
+{
+    if (!r->conn) return;
+    if (r->watching) conn_unwatch(r->conn);
+    r->watching = false;
+    r->conn->active = NULL;
+    r->conn = NULL;
+}
+
 /* Whether r, whose client left, should keep its upstream exchange to meter
  * what the upstream generates: a tenant-key request with a transfer in flight
  * (buffered, or a stream before or after its first relayed byte: the upstream
@@ -336,19 +341,25 @@ void request_client_gone(struct request *r, enum client_gone how)
     if (!keep) relay_cancel(r);
     r->error = "client_closed";
     r->status = 499; /* nginx's "client closed request", for the log */
+    /* Completing the evhttp request below may free its connection at once (an
+     * HTTP/1.0 stream with nothing left to write), running the close callback
+     * inside the call: that callback must no longer find r. */
+    request_detach(r);
+    struct evhttp_request *req = r->req;
+    r->req = NULL; /* completed below or handed back to evhttp: never touched again */
     if (how == GONE_PEER_CLOSED) {
         /* The socket is half-closed by the peer: complete the exchange so evhttp
          * writes, fails and frees the connection itself (never free it here). */
         if (relay_started(r)) {
-            evhttp_send_reply_end(r->req);
+            evhttp_send_reply_end(req);
         } else {
-            evhttp_add_header(evhttp_request_get_output_headers(r->req), "Connection", "close");
-            evhttp_send_reply(r->req, 499, "Client Closed Request", NULL);
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+            evhttp_send_reply(req, 499, "Client Closed Request", NULL);
         }
     } else if (how == GONE_DETACHED) {
         /* evhttp detached the request from its dead connection: it is ours to
          * complete exactly once, which frees it. */
-        evhttp_send_reply_end(r->req);
+        evhttp_send_reply_end(req);
     }
     if (!keep) {
         request_end(r);
@@ -357,12 +368,6 @@ void request_client_gone(struct request *r, enum client_gone how)
     /* The upstream's end ends it (relay.c finish_orphan): charged, recorded,
      * sent nowhere (a stream's events are parsed, then dropped). */
     r->orphan = true;
-    r->req = NULL;
-    if (r->conn) {
-        if (r->watching) conn_unwatch(r->conn);
-        r->conn->active = NULL;
-        r->conn = NULL;
-    }
     cachestage_request_orphaned(r); /* stores nothing: its waiters need not wait */
     /* A stream paused for the slow client would wait for a drain that never
      * comes. Resuming may deliver buffered events at once: r is an orphan by now. */

@@ -96,6 +96,7 @@ struct request {
     struct route_target target;    /* the one being (or last) tried: plan.c[attempt_idx] */
     unsigned attempt_idx;          /* index in plan of the current target */
     unsigned attempts;             /* upstream attempts so far (x-llmgate-attempts) */
+    unsigned unsupported;          /* targets skipped: their adapter cannot serve the request */
     unsigned tries_on_target;      /* attempts on the current target */
     bool probe;                    /* the attempt holds a half-open breaker probe slot */
     int last_failure;              /* enum policy_failure of the last failed attempt, -1 none */
@@ -178,5 +179,9 @@ void request_client_gone(struct request *r, enum client_gone how);
 const char *request_tenant(const struct request *r);
 /* The evhttp request a request answers. */
 struct evhttp_request *request_evreq(const struct request *r);
+/* Stops watching r's connection and forgets it, before r's evhttp request is
+ * completed: completing it may free the connection at once, and its close
+ * callback must not find r. */
+void request_detach(struct request *r);
 
 #endif

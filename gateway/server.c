@@ -7,6 +7,7 @@
 #include <event2/bufferevent_struct.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -14,6 +15,7 @@
 #include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 
 #include "common/log.h"
@@ -76,6 +78,81 @@ void server_end_reply(struct evhttp_request *req)
     bool attached = evhttp_request_get_connection(req) != NULL;
     evhttp_send_reply_end(req);
     if (chunked && attached) server_write_now(req);
+}
+
+/* What a client may send while its stream runs and evhttp keeps for the next
+ * request. evhttp reads on while it writes a reply (to see a close) with no
+ * limit and nothing consuming the input, so a client could grow the gateway
+ * without bound. Past this, the input is dropped and the connection closes
+ * after the stream. (Suspending reads instead, with a read watermark, would
+ * blind the bufferevent to a reset: epoll reports it as EPOLLERR, which
+ * libevent 2.1 never turns into EV_CLOSED, and the level-triggered error
+ * would spin the loop until the next write.) */
+#define STREAM_INPUT_MAX (64u << 10)
+
+static struct timeval ms_timeval(unsigned ms)
+{
+    return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+}
+
+/* Input arrived during a stream; arg is the streamed evhttp request (this
+ * callback is removed before evhttp frees it, or freed with the connection). */
+static void on_stream_input(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    size_t len = evbuffer_get_length(in);
+    if (info->n_added == 0 || len <= STREAM_INPUT_MAX) return;
+    evbuffer_drain(in, len);
+    /* What was dropped may have been part of a pipelined request: nothing more
+     * is read from this connection. evhttp checks the reply's headers for
+     * "Connection: close" when the reply completes (they were sent already). */
+    struct evkeyvalq *out = evhttp_request_get_output_headers(arg);
+    const char *conn = evhttp_find_header(out, "Connection");
+    if (!conn || strcasecmp(conn, "close") != 0) {
+        evhttp_remove_header(out, "Connection");
+        evhttp_add_header(out, "Connection", "close");
+    }
+}
+
+/* The streamed reply is complete (evhttp_send_done, before the connection
+ * closes or reads its next request): the connection's idle read timeout, and
+ * input kept for the next request, as between requests. Never called for a
+ * reply that failed: the connection is freed then. */
+static void on_stream_complete(struct evhttp_request *req, void *arg)
+{
+    struct worker *w = arg;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (!evcon) return;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    evbuffer_remove_cb(bufferevent_get_input(bev), on_stream_input, req);
+    struct timeval tv = ms_timeval(w->cfg->read_timeout_ms);
+    evhttp_connection_set_timeout_tv(evcon, &tv);
+}
+
+void server_stream_start(struct evhttp_request *req, struct worker *w, unsigned write_timeout_ms)
+{
+    if (req->major < 1 || (req->major == 1 && req->minor < 1)) {
+        /* No chunked framing before HTTP/1.1, and evhttp would answer a kept-alive
+         * HTTP/1.0 request with "Content-Length: 0" (what is queued at the start)
+         * followed by the events: the body ends at the close instead. */
+        struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+        while (evhttp_find_header(in, "Connection"))
+            evhttp_remove_header(in, "Connection");
+        struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+        evhttp_remove_header(out, "Connection");
+        evhttp_add_header(out, "Connection", "close");
+    }
+    evhttp_request_set_on_complete_cb(req, on_stream_complete, w);
+    evhttp_send_reply_start(req, 200, "OK");
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (!evcon) return;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    /* evhttp's one timeout would also cut a stream whose client is silent
+     * (libevent #715): no read timeout from here, only a write timeout, until
+     * on_stream_complete puts the connection's own back. */
+    struct timeval wt = ms_timeval(write_timeout_ms);
+    bufferevent_set_timeouts(bev, NULL, &wt);
+    if (!evbuffer_add_cb(bufferevent_get_input(bev), on_stream_input, req))
+        log_warn("server", "cannot bound a stream's client input (out of memory)");
 }
 
 static void reply_json(struct evhttp_request *req, int status, const char *reason, const char *json,

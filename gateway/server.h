@@ -46,6 +46,11 @@ void server_write_now(struct evhttp_request *req);
 /* evhttp_send_reply followed by server_write_now: how every full reply is sent. */
 void server_send_reply(struct evhttp_request *req, int status, const char *reason,
                        struct evbuffer *body);
+/* Sends the head of a 200 streamed reply: close-delimited for HTTP/1.0 clients,
+ * no read timeout and bounded client input while it runs, a write timeout of
+ * write_timeout_ms; the connection's read timeout (w's config) and input come
+ * back when the reply completes. */
+void server_stream_start(struct evhttp_request *req, struct worker *w, unsigned write_timeout_ms);
 /* evhttp_send_reply_end followed by server_write_now where that is safe. */
 void server_end_reply(struct evhttp_request *req);
 /* Appends one Prometheus counter (HELP, TYPE and its value) to a /metrics body. */

@@ -125,6 +125,20 @@ static void test_responses(void **state)
     struct adapter_call c = {.upstream_model = "m"};
     size_t n;
     assert_null(adapter_anthropic.finish(&c, 200, "{\"id\":", 6, &n));
+    /* A good answer followed by anything but whitespace is malformed as a whole. */
+    size_t len;
+    char *body = slurp("plain.anthropic-response.json", &len);
+    char *junk = malloc(len + 5);
+    assert_non_null(junk);
+    memcpy(junk, body, len);
+    memcpy(junk + len, "junk", 4);
+    assert_null(adapter_anthropic.finish(&c, 200, junk, len + 4, &n));
+    memcpy(junk + len, " \r\n\t", 4);
+    char *json = adapter_anthropic.finish(&c, 200, junk, len + 4, &n);
+    assert_non_null(json);
+    free(json);
+    free(junk);
+    free(body);
 }
 
 struct collect {
@@ -212,6 +226,10 @@ static void test_stream_errors(void **state)
     assert_int_equal(adapter_anthropic.stream_event(st, "", 0, "{\"ty", 4, on_emit, &out, &failure),
                      -1);
     assert_int_equal(failure, PF_SERVER_ERROR);
+    const char *ping = "{\"type\":\"ping\"}junk";
+    assert_int_equal(
+        adapter_anthropic.stream_event(st, "ping", 4, ping, strlen(ping), on_emit, &out, &failure),
+        -1);
     assert_int_equal(out.n, 0);
     adapter_anthropic.stream_free(st);
 }
