@@ -621,8 +621,10 @@ static void take_grant(struct quota_worker *q, const struct quota_scope *sc, int
 {
     long gt = reply_int(reply, 14), gr = reply_int(reply, 15);
     if (gt <= 0) return;
-    struct grant *g = grant_get(&q->grants, sc, ns, true);
-    if (!g) { /* table full: straight back */
+    /* Straight back when the table is full, or the worker is on its way out (a top-up
+     * answered after exit_soon gave the grants back would never be spent). */
+    struct grant *g = q->w->draining ? NULL : grant_get(&q->grants, sc, ns, true);
+    if (!g) {
         struct grant tmp = {.ns = ns, .tokens = gt, .requests = gr, .counts_requests = gr > 0};
         memcpy(tmp.sc, sc, (size_t)ns * sizeof *sc);
         tmp.day = reply_int(reply, 9);

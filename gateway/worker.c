@@ -47,7 +47,7 @@ static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     log_warn("worker", "worker %u: drain timeout with %u request(s) in flight", w->index,
              w->active);
-    event_base_loopexit(w->base, NULL);
+    exit_soon(w); /* the grants go back all the same; the rest are cancelled at join */
 }
 
 static void begin_drain(struct worker *w)
