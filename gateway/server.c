@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <errno.h>
 #include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,12 +221,26 @@ static void on_conn_close(struct evhttp_connection *evcon, void *arg)
     free(c);
 }
 
+/* The watch is EV_CLOSED | EV_READ: a reset comes as EPOLLERR|EPOLLHUP, which
+ * libevent 2.1 reports as EV_READ|EV_WRITE, never EV_CLOSED, so an EV_CLOSED-only
+ * watch left the level-triggered error to spin the loop until the upstream
+ * answered. Readable is a close or a reset when a peek says so; bytes to read
+ * are the client's next request (pipelined): the watch stops rather than spin
+ * on them, and the request finds out about a departure when it writes. */
 static void on_peer_closed(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
-    (void)what;
     struct conn *c = arg;
-    if (c->active) request_client_gone(c->active, GONE_PEER_CLOSED);
+    if (!c->active) return;
+    if (!(what & EV_CLOSED)) {
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0) {
+            event_del(c->peer_closed);
+            return;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    }
+    request_client_gone(c->active, GONE_PEER_CLOSED);
 }
 
 void conn_watch(struct conn *c, struct request *r)
@@ -265,7 +280,7 @@ static struct conn *conn_get(struct worker *w, struct evhttp_request *req, bool 
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (event_base_get_features(w->base) & EV_FEATURE_EARLY_CLOSE)
-        c->peer_closed = event_new(w->base, fd, EV_CLOSED, on_peer_closed, c);
+        c->peer_closed = event_new(w->base, fd, EV_CLOSED | EV_READ, on_peer_closed, c);
     w->conns[fd] = c;
     w->n_conns++;
     evhttp_connection_set_closecb(evcon, on_conn_close, c);

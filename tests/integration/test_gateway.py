@@ -307,6 +307,33 @@ def test_client_disconnect_while_waiting_cancels_upstream(gateway, mock):
     wait_until(lambda: _cancelled(mock) > before, "mock to see the cancelled request")
 
 
+def test_client_reset_while_waiting_cancels_upstream(gateway, mock):
+    """A client that resets its connection (RST, not FIN) while its request waits on the
+    upstream is seen gone at once: logged 499, upstream cancelled. The reset used to go
+    unnoticed (the worker spinning on it) until the upstream timed out, logged 504."""
+    import socket
+    import struct
+    before = _cancelled(mock)
+    body = json.dumps({"model": "mock-model", "messages": MSGS}).encode()
+    s = socket.create_connection(("127.0.0.1", gateway.port))
+    s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: Bearer {API_KEY}\r\nx-mock-fault: hang\r\n"
+               f"x-request-id: reset-1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    wait_until(lambda: mock.stats()["in_flight"] > 0, "the request upstream")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    wait_until(lambda: _cancelled(mock) > before, "mock to see the cancelled request")
+
+    def logged():
+        for line in gateway.access_log.read_text().splitlines():
+            e = json.loads(line)
+            if e["id"] == "reset-1":
+                return e
+    e = wait_until(logged, "the access log line")
+    assert e["status"] == 499, e
+
+
 def test_slow_reader_bounds_gateway_memory(gateway, mock):
     """A client that does not read pauses the upstream instead of buffering the whole stream."""
     import socket
