@@ -738,7 +738,10 @@ static void mreq_prepare(struct mreq *m, const char *path, enum evhttp_cmd_type 
     }
     if (ep != EP_OTHER && ep != EP_MODELS && method == EVHTTP_REQ_POST)
         json = cJSON_ParseWithLength((const char *)body, body_len);
-    record_last(req, path, json, body, body_len);
+    /* A gateway's reachability probes (GET .../models) arrive at any moment: "last"
+     * stays the last request that carried one, so a test reading it after its own
+     * POST never sees a probe instead. */
+    if (method != EVHTTP_REQ_GET) record_last(req, path, json, body, body_len);
 
     if (ep == EP_OTHER) {
         set_error(m, 404, "Unknown request URL (mock)", "invalid_request_error", NULL,
