@@ -150,3 +150,16 @@ key:
     s.p++;
     goto value;
 }
+
+cJSON *jsonv_parse(const char *s, size_t n)
+{
+    const char *end = NULL;
+    cJSON *doc = n ? cJSON_ParseWithLengthOpts(s, n, &end, 0) : NULL;
+    if (!doc) return NULL;
+    const char *stop = s + n;
+    while (end < stop && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    if (end == stop) return doc;
+    cJSON_Delete(doc);
+    return NULL;
+}

@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "engine/prompt.h"
+#include "gateway/errpage.h"
 #include "gateway/openai.h"
 
 #define MAX_HEADER_BYTES  (64 * 1024)
@@ -1006,58 +1007,26 @@ static void on_request(struct evhttp_request *req, void *arg)
 /* ---- evhttp's own error pages
  * ----------------------------------------------------------------------- */
 
-/* libevent 2.1 answers some errors itself (413 body too large, 400 unparsable HTTP, 501 for a
- * method it does not take: TRACE, CONNECT) with a fixed HTML page and has no hook to change it
- * (evhttp's error callback is 2.2). Every connection's output buffer gets this callback (as the
- * gateway's, gateway/server.c): a reply at the buffer's head with an error status that ends in
- * that page is rewritten into an OpenAI-shaped JSON error with the same status. The engine's own
- * replies are JSON or SSE and never end in the page's tail. */
-#define EVHTTP_PAGE_TAIL "</BODY></HTML>\n"
-
+/* evhttp's own error pages become OpenAI JSON, as in the gateway (gateway/errpage.h):
+ * 413 body too large, 400 unparsable HTTP, 501 a method it does not take (TRACE, CONNECT). */
 static void rewrite_html_error(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     const struct engine_server *srv = arg;
-    size_t len = evbuffer_get_length(buf);
-    const size_t tail_len = sizeof EVHTTP_PAGE_TAIL - 1;
-    if (info->n_added == 0 || len < 64 || len > 4096) return;
-    /* Cheap first: this runs on every write (stream chunks included). */
-    struct evbuffer_iovec head_vec;
-    if (evbuffer_peek(buf, 16, NULL, &head_vec, 1) < 1 || head_vec.iov_len < 16) return;
-    const char *head = head_vec.iov_base;
-    if (memcmp(head, "HTTP/1.", 7) != 0 || head[8] != ' ' || (head[9] != '4' && head[9] != '5'))
-        return;
-    char tail[sizeof EVHTTP_PAGE_TAIL - 1];
-    struct evbuffer_ptr at;
-    if (evbuffer_ptr_set(buf, &at, len - tail_len, EVBUFFER_PTR_SET) != 0 ||
-        evbuffer_copyout_from(buf, &at, tail, tail_len) != (ev_ssize_t)tail_len ||
-        memcmp(tail, EVHTTP_PAGE_TAIL, tail_len) != 0)
-        return;
-    int status = atoi(head + 9);
-    if (status < 400 || status > 599) return;
-    char version = head[7];
-    char msg[160];
-    const char *code = "invalid_http";
-    if (status == 413) {
-        code = "request_too_large";
-        snprintf(msg, sizeof msg, "The request body is larger than the limit of %zu bytes.",
-                 srv->max_body_bytes);
-    } else if (status == 501) {
-        code = "unsupported_method";
-        snprintf(msg, sizeof msg, "The HTTP method is not supported.");
-    } else {
-        snprintf(msg, sizeof msg, "The HTTP request could not be parsed (%d).", status);
-    }
+    char minor;
+    int status = errpage_status(buf, info, &minor);
+    if (!status) return;
     struct oai_error e;
-    oai_error_set(&e, status, "invalid_request_error", code, NULL, "%s", msg);
-    char json[512];
-    int n = oai_error_render(&e, json, sizeof json);
-    if (n < 0) return;
-    evbuffer_drain(buf, len);
-    evbuffer_add_printf(buf,
-                        "HTTP/1.%c %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                        "Content-Length: %d\r\n\r\n",
-                        version, status, reason_phrase(status), n);
-    evbuffer_add(buf, json, (size_t)n);
+    if (status == 413)
+        oai_error_set(&e, status, "invalid_request_error", "request_too_large", NULL,
+                      "The request body is larger than the limit of %zu bytes.",
+                      srv->max_body_bytes);
+    else if (status == 501)
+        oai_error_set(&e, status, "invalid_request_error", "unsupported_method", NULL, "%s",
+                      "The HTTP method is not supported.");
+    else
+        oai_error_set(&e, status, "invalid_request_error", "invalid_http", NULL,
+                      "The HTTP request could not be parsed (%d).", status);
+    errpage_replace(buf, minor, &e, reason_phrase(status));
 }
 
 static struct bufferevent *make_conn_bev(struct event_base *base, void *arg)

@@ -7,6 +7,7 @@ libllmgate_gateway_a_SOURCES = \
 	gateway/auth.c gateway/auth.h \
 	gateway/worker.c gateway/worker.h \
 	gateway/server.c gateway/server.h \
+	gateway/errpage.c gateway/errpage.h \
 	gateway/request.c gateway/request.h \
 	gateway/relay.c gateway/relay.h \
 	gateway/cachestage.c gateway/cachestage.h \

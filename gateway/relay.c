@@ -59,22 +59,6 @@ static void fail_before_reply(struct request *r, int status, const char *type, c
     request_fail(r, status, type, code, NULL, fmt, detail ? detail : "");
 }
 
-/* The JSON document that is the whole of d (whitespace around it allowed), or
- * NULL: cJSON_ParseWithLength stops after the first value and would accept
- * "{...}junk", which jsonv_check (the static-key path) rejects. */
-static cJSON *parse_whole(const char *d, size_t n)
-{
-    const char *end = NULL;
-    cJSON *doc = n ? cJSON_ParseWithLengthOpts(d, n, &end, 0) : NULL;
-    if (!doc) return NULL;
-    const char *stop = d + n;
-    while (end < stop && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
-        end++;
-    if (end == stop) return doc;
-    cJSON_Delete(doc);
-    return NULL;
-}
-
 /* ---------------------------------------------------------------- SSE relay */
 
 static void on_client_drained(struct evhttp_connection *evcon, void *arg)
@@ -183,7 +167,7 @@ static int relay_event(struct request *r, const struct sse_event *ev)
             }
             if (r->key && chunk_has_output(ev->data, ev->data_len)) r->usage.chunks++;
         } else {
-            cJSON *doc = parse_whole(ev->data, ev->data_len);
+            cJSON *doc = jsonv_parse(ev->data, ev->data_len);
             bool ok = cJSON_IsObject(doc);
             /* Metering: usage and content chunks; the usage-only chunk is dropped
              * when only the gateway asked for it (gateway/quota.c). */
@@ -351,7 +335,7 @@ static void finish_buffered(struct request *r)
     bool need_tree = r->up_status != 200 || r->key || cachestage_wants_chunks(r);
     bool is_error_shape = false, ok_json;
     if (need_tree) {
-        cJSON *doc = parse_whole(body, len);
+        cJSON *doc = jsonv_parse(body, len);
         is_error_shape = doc && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(doc, "error"));
         ok_json = doc && cJSON_IsObject(doc);
         if (ok_json && r->up_status == 200) {
@@ -864,7 +848,7 @@ static void finish_orphan(struct request *r, enum upstream_result res, int pf)
 {
     if (!r->up_sse && res == UPSTREAM_OK && pf < 0 && r->up_status == 200) {
         size_t len = evbuffer_get_length(r->body);
-        cJSON *doc = parse_whole((const char *)evbuffer_pullup(r->body, -1), len);
+        cJSON *doc = jsonv_parse((const char *)evbuffer_pullup(r->body, -1), len);
         if (cJSON_IsObject(doc)) quota_usage_from_body(r, doc);
         cJSON_Delete(doc);
     }

@@ -25,6 +25,7 @@
 #include "gateway/admin.h"
 #include "gateway/auth.h"
 #include "gateway/cachestage.h"
+#include "gateway/errpage.h"
 #include "gateway/health.h"
 #include "gateway/quota.h"
 #include "gateway/request.h"
@@ -498,56 +499,22 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---------------------------------------------------------------- evhttp's own error pages */
 
-/* libevent 2.1 answers some errors itself (413 body too large, 400 unparsable
- * HTTP, 505) with a fixed HTML page and has no hook to change it (evhttp's
- * error callback arrived in 2.2). Every client connection's output buffer gets
- * this callback: when a reply that ends in evhttp's HTML page lands at the
- * start of the buffer, it is rewritten into an OpenAI-shaped JSON error with
- * the same status. Our own replies are JSON or SSE and never match. */
-#define EVHTTP_PAGE_TAIL "</BODY></HTML>\n"
-
+/* evhttp's own error pages become OpenAI JSON (gateway/errpage.h). */
 static void rewrite_html_error(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct worker *w = arg;
-    size_t len = evbuffer_get_length(buf);
-    const size_t tail_len = sizeof EVHTTP_PAGE_TAIL - 1;
-    if (info->n_added == 0 || len < 64 || len > 4096) return;
-    /* Cheap first: this runs on every write to every client (stream chunks
-     * included); only an error status line at the buffer's head goes further. */
-    struct evbuffer_iovec head_vec;
-    if (evbuffer_peek(buf, 16, NULL, &head_vec, 1) < 1 || head_vec.iov_len < 16) return;
-    const char *head = head_vec.iov_base;
-    if (memcmp(head, "HTTP/1.", 7) != 0 || head[8] != ' ' || (head[9] != '4' && head[9] != '5'))
-        return;
-    char tail[sizeof EVHTTP_PAGE_TAIL - 1];
-    struct evbuffer_ptr at;
-    if (evbuffer_ptr_set(buf, &at, len - tail_len, EVBUFFER_PTR_SET) != 0 ||
-        evbuffer_copyout_from(buf, &at, tail, tail_len) != (ev_ssize_t)tail_len ||
-        memcmp(tail, EVHTTP_PAGE_TAIL, tail_len) != 0)
-        return;
-    int status = atoi(head + 9);
-    if (status < 400 || status > 599) return;
-    char version = head[7];
-    char msg[160];
-    const char *code = "invalid_http";
-    if (status == 413) {
-        code = "request_too_large";
-        snprintf(msg, sizeof msg, "The request body is larger than the limit of %zu bytes.",
-                 w->cfg->max_body_bytes);
-    } else {
-        snprintf(msg, sizeof msg, "The HTTP request could not be parsed (%d).", status);
-    }
+    char minor;
+    int status = errpage_status(buf, info, &minor);
+    if (!status) return;
     struct oai_error e;
-    oai_error_set(&e, status, "invalid_request_error", code, NULL, "%s", msg);
-    char json[512];
-    int n = oai_error_render(&e, json, sizeof json);
-    if (n < 0) return;
-    evbuffer_drain(buf, len);
-    evbuffer_add_printf(buf,
-                        "HTTP/1.%c %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                        "Content-Length: %d\r\n\r\n",
-                        version, status, server_reason_phrase(status), n);
-    evbuffer_add(buf, json, (size_t)n);
+    if (status == 413)
+        oai_error_set(&e, status, "invalid_request_error", "request_too_large", NULL,
+                      "The request body is larger than the limit of %zu bytes.",
+                      w->cfg->max_body_bytes);
+    else
+        oai_error_set(&e, status, "invalid_request_error", "invalid_http", NULL,
+                      "The HTTP request could not be parsed (%d).", status);
+    errpage_replace(buf, minor, &e, server_reason_phrase(status));
 }
 
 static struct bufferevent *make_client_bev(struct event_base *base, void *arg)

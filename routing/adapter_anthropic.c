@@ -14,26 +14,11 @@
 #include <strings.h>
 #include <time.h>
 
+#include "common/jsonv.h"
 #include "routing/policy.h"
 
 #define DEFAULT_MAX_TOKENS 4096 /* Anthropic requires max_tokens; OpenAI does not */
 #define MAX_BLOCKS         256  /* content blocks tracked per streamed message */
-
-/* The JSON document that is the whole of an upstream body or event (whitespace
- * around it allowed), or NULL: cJSON_ParseWithLength stops after the first
- * value and would take "{...}junk" for a good answer. */
-static cJSON *parse_whole(const char *d, size_t n)
-{
-    const char *end = NULL;
-    cJSON *doc = n ? cJSON_ParseWithLengthOpts(d, n, &end, 0) : NULL;
-    if (!doc) return NULL;
-    const char *stop = d + n;
-    while (end < stop && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
-        end++;
-    if (end == stop) return doc;
-    cJSON_Delete(doc);
-    return NULL;
-}
 
 /* ------------------------------------------------------------------------- */
 /* Request: OpenAI chat -> Messages                                          */
@@ -424,7 +409,7 @@ static char *anthropic_finish(const struct adapter_call *c, long status, const c
                               size_t len, size_t *out_len)
 {
     (void)c;
-    cJSON *doc = parse_whole(body, len);
+    cJSON *doc = jsonv_parse(body, len);
     char *s = NULL;
     if (!cJSON_IsObject(doc)) goto out;
     if (status != 200) {
@@ -600,7 +585,7 @@ static int anthropic_stream_event(void *sp, const char *event, size_t elen, cons
     (void)event;
     (void)elen;
     struct anth_stream *st = sp;
-    cJSON *ev = parse_whole(data, dlen);
+    cJSON *ev = jsonv_parse(data, dlen);
     const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ev, "type"));
     int rc = 0;
     cJSON *delta = NULL, *o;

@@ -1927,21 +1927,6 @@ static void check_anthropic_request(const char *in, size_t len)
 
 static long anthropic_status;
 
-/* An upstream body as the adapter must read it: one JSON value and nothing after it but
- * whitespace ("{...}junk" is malformed). */
-static cJSON *parse_whole_body(const char *in, size_t len)
-{
-    const char *end = NULL;
-    cJSON *doc = len ? cJSON_ParseWithLengthOpts(in, len, &end, 0) : NULL;
-    while (doc && end < in + len && strchr(" \t\r\n", *end) && *end)
-        end++;
-    if (doc && end != in + len) {
-        cJSON_Delete(doc);
-        doc = NULL;
-    }
-    return doc;
-}
-
 /* A buffered Messages answer (or error) -> OpenAI JSON. */
 static void check_anthropic_finish(const char *in, size_t len)
 {
@@ -1951,7 +1936,7 @@ static void check_anthropic_finish(const char *in, size_t len)
     struct adapter_call c = {.upstream_model = "claude-up", .endpoint = ADAPTER_CHAT};
     size_t out_len = 0;
     char *out = adapter_anthropic.finish(&c, status, in, len, &out_len);
-    cJSON *doc = parse_whole_body(in, len);
+    cJSON *doc = jsonv_parse(in, len); /* (unit-tested in test_jsonv) */
     bool object = cJSON_IsObject(doc);
     cJSON_Delete(doc);
     if (fz.kind == CASE_SEED || (object && status != 200)) FUZZ_CHECK(out != NULL);

@@ -2,6 +2,7 @@
  * depth limit, and seeded mutations of realistic upstream payloads. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -70,6 +71,29 @@ static void test_cases(void **state)
         if (got != cases[i].t)
             fail_msg("case %zu '%s': got %d want %d", i, cases[i].s, got, cases[i].t);
     }
+}
+
+/* jsonv_parse: one value and only whitespace around it. */
+static void test_parse_whole(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        bool ok;
+    } cases[] = {
+        {"{\"a\":1}", true}, {"  [1, 2]\r\n\t ", true}, {"{\"a\":1}junk", false},
+        {"{} {}", false},    {"{\"a\":1}}", false},     {"", false},
+        {"   ", false},      {"{\"a\":", false},        {"\"s\" x", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *d = jsonv_parse(cases[i].s, strlen(cases[i].s));
+        if ((d != NULL) != cases[i].ok) fail_msg("case '%s'", cases[i].s);
+        cJSON_Delete(d);
+    }
+    /* the length bounds it: a valid prefix of a longer buffer is the value */
+    cJSON *d = jsonv_parse("[1]junk", 3);
+    assert_non_null(d);
+    cJSON_Delete(d);
 }
 
 static void test_depth(void **state)
@@ -148,6 +172,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cases),
         cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_parse_whole),
         cmocka_unit_test(test_mutations_agree_with_cjson),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
