@@ -261,3 +261,19 @@ def redis_server(tmp_mod):
     r = RedisServer(tmp_mod)
     yield r
     r.proc.stop()
+
+
+def raw_post(port, path, payload, headers):
+    """Sends one POST on a new socket (no client library: tests that reset or abandon
+    the connection at a chosen moment) and returns the socket."""
+    s = socket.create_connection(("127.0.0.1", port))
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    s.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Type: application/json\r\n"
+               f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload.encode())
+    return s
+
+
+def script_waiting(redis):
+    """Whether exactly one client waits on a script (EVALSHA) held by CLIENT PAUSE WRITE."""
+    return ("cmd=evalsha" in redis.cmd("CLIENT", "LIST") and
+            int(redis.cmd("INFO", "clients").split("blocked_clients:")[1].split()[0]) == 1)

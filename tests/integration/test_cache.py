@@ -15,7 +15,6 @@ Conditions are polled with deadlines, never slept on.
 import json
 import os
 import re
-import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import API_KEY, Gateway, RedisServer, wait_until
+from conftest import API_KEY, Gateway, RedisServer, raw_post, script_waiting, wait_until
 
 ADMIN = "admin-token-for-tests-0123456789"
 os.environ["LLMGATE_ADMIN_TOKEN"] = ADMIN
@@ -549,14 +548,9 @@ def test_client_gone_while_claiming_gives_the_lock_back(tmp_mod, mock):
                               "messages": [{"role": "user", "content": f"claim {uuid.uuid4()}"}]})
         red.cmd("CLIENT", "PAUSE", "30000", "WRITE")  # the claim script waits; GET goes on
         try:
-            s = socket.create_connection(("127.0.0.1", g.port))
-            s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                       f"Authorization: Bearer {API_KEY}\r\nx-request-id: claim-1\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-                       f"\r\n{payload}").encode())
-            wait_until(lambda: "cmd=evalsha" in red.cmd("CLIENT", "LIST") and
-                       int(red.cmd("INFO", "clients").split("blocked_clients:")[1].split()[0]) == 1,
-                       "the claim waiting on Redis")
+            s = raw_post(g.port, "/v1/chat/completions", payload,
+                         {"Authorization": f"Bearer {API_KEY}", "x-request-id": "claim-1"})
+            wait_until(lambda: script_waiting(red), "the claim waiting on Redis")
             s.close()
             wait_until(lambda: g.access_log.exists() and "claim-1" in g.access_log.read_text(),
                        "the request ended")

@@ -10,7 +10,6 @@ import datetime
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import BUILDDIR, WAIT_S, Gateway, RedisServer, wait_until
+from conftest import BUILDDIR, WAIT_S, Gateway, RedisServer, raw_post, script_waiting, wait_until
 
 ADMIN = "admin-token-for-tests-0123456789"
 os.environ["LLMGATE_ADMIN_TOKEN"] = ADMIN
@@ -698,15 +697,9 @@ def test_client_gone_before_its_reserve_reply_is_settled(tmp_mod, mock):
 
         red.cmd("CLIENT", "PAUSE", "30000", "WRITE")  # scripts wait; reads go on
         try:
-            payload = json.dumps({**body, "max_tokens": 1000})
-            s = socket.create_connection(("127.0.0.1", g.port))
-            s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                       f"Authorization: Bearer {k['key']}\r\nx-request-id: gone-1\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-                       f"\r\n{payload}").encode())
-            wait_until(lambda: "cmd=evalsha" in red.cmd("CLIENT", "LIST") and
-                       int(red.cmd("INFO", "clients").split("blocked_clients:")[1].split()[0]) == 1,
-                       "the reserve waiting on Redis")
+            s = raw_post(g.port, "/v1/chat/completions", json.dumps({**body, "max_tokens": 1000}),
+                         {"Authorization": f"Bearer {k['key']}", "x-request-id": "gone-1"})
+            wait_until(lambda: script_waiting(red), "the reserve waiting on Redis")
             s.close()
             wait_until(lambda: g.access_log.exists() and "gone-1" in g.access_log.read_text(),
                        "the request ended")
