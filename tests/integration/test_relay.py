@@ -169,6 +169,19 @@ def _read_chunked(f):
     return body
 
 
+def _read_done_then_release(f, fake):
+    """Reads an HTTP/1.0 stream up to its [DONE], lets the fake upstream end its
+    response (the end arrives after the last event), then reads to the close: the
+    end of an HTTP/1.0 body."""
+    body = b""
+    while b"data: [DONE]\n\n" not in body:
+        d = f.read1(65536)
+        assert d, body
+        body += d
+    fake.release.set()
+    return body + f.read()
+
+
 def _sse_ok(text):
     events = [e for e in text.split("\n\n") if e.strip()]
     assert events and events[-1] == "data: [DONE]", text[-300:]
@@ -218,13 +231,7 @@ def test_http10_stream_completing_with_nothing_to_write(gw, fake):
         f = s.makefile("rb")
         status, headers = _read_head(f)
         assert status.startswith(b"HTTP/1.0 200") or status.startswith(b"HTTP/1.1 200"), status
-        body = b""
-        while b"data: [DONE]\n\n" not in body:
-            d = f.read1(65536)
-            assert d, body
-            body += d
-        fake.release.set()
-        body += f.read()  # to the close: the end of an HTTP/1.0 body
+        body = _read_done_then_release(f, fake)
     _sse_ok(body.decode())
     assert "content-length" not in headers
     line = _log_line(gw, rid)
@@ -379,13 +386,7 @@ def test_http10_stream_of_a_tenant_is_cached_and_logged(gwr, fake, redis_server)
     with s:
         f = s.makefile("rb")
         _read_head(f)
-        body = b""
-        while b"data: [DONE]\n\n" not in body:
-            d = f.read1(65536)
-            assert d, body
-            body += d
-        fake.release.set()
-        body += f.read()
+        body = _read_done_then_release(f, fake)
     _sse_ok(body.decode())
     assert _log_line(gwr, rid)["status"] == 200
     wait_until(lambda: redis_server.cmd("KEYS", "llmgate:rc:{relay-h10}:*"), "the stream stored")
