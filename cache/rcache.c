@@ -985,6 +985,9 @@ static void on_get(const struct redisReply *rep, void *ud)
         c->cb(RCACHE_HIT, rep->str, rep->len, c->ud);
     else if (rep->type == REDIS_REPLY_NIL)
         c->cb(RCACHE_MISS, NULL, 0, c->ud);
+    else if (rep->type == REDIS_REPLY_ERROR && rep->len >= 9 &&
+             memcmp(rep->str, "WRONGTYPE", 9) == 0)
+        c->cb(RCACHE_BADTYPE, NULL, 0, c->ud);
     else
         c->cb(RCACHE_ERROR, NULL, 0, c->ud);
     free(c);

@@ -133,11 +133,12 @@ int rcache_render_sse_parts(const char *body, size_t len, enum rcache_kind kind,
 
 /* What a lookup found. */
 enum rcache_result {
-    RCACHE_DOWN = -2,  /* Redis unreachable (no reply) */
-    RCACHE_ERROR = -1, /* an error reply */
-    RCACHE_MISS = 0,   /* nothing stored (get) / lock held by someone else (claim) */
-    RCACHE_HIT = 1,    /* value/len hold the entry, valid during the callback only */
-    RCACHE_CLAIMED = 2 /* nothing stored and the lock is now ours (claim) */
+    RCACHE_BADTYPE = -3, /* the key holds another type than a string: a corrupt entry (get) */
+    RCACHE_DOWN = -2,    /* Redis unreachable (no reply) */
+    RCACHE_ERROR = -1,   /* an error reply */
+    RCACHE_MISS = 0,     /* nothing stored (get) / lock held by someone else (claim) */
+    RCACHE_HIT = 1,      /* value/len hold the entry, valid during the callback only */
+    RCACHE_CLAIMED = 2   /* nothing stored and the lock is now ours (claim) */
 };
 typedef void (*rcache_cb)(enum rcache_result res, const char *value, size_t len, void *ud);
 

@@ -559,7 +559,15 @@ static void on_get(enum rcache_result res, const char *value, size_t len, void *
         return;
     }
     bool stale = false;
-    if (res == RCACHE_DOWN || res == RCACHE_ERROR) {
+    if (res == RCACHE_BADTYPE) {
+        /* Something else wrote another type under our key: corrupt, so a miss and
+         * deleted, or every request for it would be bypassed until it expired. */
+        note_redis(r->w->rcache, true);
+        atomic_fetch_add(&cachestage_metrics.corrupt, 1);
+        log_warn("rcache", "%s: cache entry %s is not a string; deleted", r->id, c->rkey);
+        drop_entry(c);
+        after_miss(c, false);
+    } else if (res == RCACHE_DOWN || res == RCACHE_ERROR) {
         if (res == RCACHE_DOWN) note_redis(r->w->rcache, false);
         if (res == RCACHE_ERROR) log_warn("rcache", "%s: GET %s failed", r->id, c->rkey);
         bypass(r);

@@ -419,12 +419,18 @@ def test_corrupt_entry_is_a_miss_and_deleted(gw_redis_only, mock, redis_server):
         bad = garbage.decode(errors="replace")
         wait_until(lambda: (lambda v: v != bad and v.startswith("LGRC\x01\x00"))(
             redis_server.cmd("GET", key) or ""), "a valid entry again")
+    # another type under the key (a GET there is a WRONGTYPE error): also a miss, deleted
+    redis_server.cmd("DEL", key)
+    redis_server.cmd("HSET", key, "f", "v")
+    r = ask(gw, m, key=k)
+    assert r.status_code == 200 and r.headers["x-llmgate-cache"] == "miss"
+    wait_until(lambda: redis_server.cmd("TYPE", key) == "string", "a string entry again")
     assert ask(gw, m, key=k).headers["x-llmgate-cache"] == "hit"
     text = httpx.get(gw.url + "/metrics", timeout=5).text
 
     def metric(name):
         return int(re.search(r"^%s (\d+)$" % name, text, re.M).group(1))
-    assert metric("llmgate_cache_corrupt_total") >= 3
+    assert metric("llmgate_cache_corrupt_total") >= 4
     assert metric("llmgate_cache_hits_total") > 0 and metric("llmgate_cache_hit_bytes_total") > 0
     assert metric("llmgate_cache_stores_total") > 0
 
