@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "cache/redis.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "gateway/grant.h"
@@ -92,6 +93,12 @@ static bool any_limit(const struct key_limits *l)
     return l->rpm || l->tpm || l->tpd || l->tpmo || l->conc;
 }
 
+/* The longest bucket name: redis.prefix (64), tenant, id and a model glob or its hash. */
+_Static_assert(64 + sizeof "q:{" + KEYS_TENANT_MAX + sizeof "}:k:" + KEYS_ID_LEN + 12 +
+                       sizeof ":mh:" + QUOTA_GLOB_NAME_MAX <
+                   sizeof((struct quota_scope *)0)->bucket,
+               "a quota bucket name always fits");
+
 int quota_scopes(const struct key_record *k, const char *model, const char *prefix,
                  struct quota_scope *out)
 {
@@ -108,8 +115,14 @@ int quota_scopes(const struct key_record *k, const char *model, const char *pref
     }
     const struct key_model_limit *ml = keys_model_limit(k, model);
     if (ml && any_limit(&ml->l)) {
-        snprintf(out[n].bucket, sizeof out[n].bucket, "%sq:{%s}:k:%s:m:%.100s", prefix, k->tenant,
-                 k->id, ml->glob);
+        /* A long glob is named by its hash ("mh:"), so that no two globs share a
+         * bucket however long the prefix, tenant and glob are. */
+        size_t gl = strlen(ml->glob);
+        char h[SHA256_HEX_LEN + 1];
+        if (gl > QUOTA_GLOB_NAME_MAX) hash_sha256_hex(ml->glob, gl, h);
+        snprintf(out[n].bucket, sizeof out[n].bucket, "%sq:{%s}:k:%s:%s:%s", prefix, k->tenant,
+                 k->id, gl > QUOTA_GLOB_NAME_MAX ? "mh" : "m",
+                 gl > QUOTA_GLOB_NAME_MAX ? h : ml->glob);
         out[n].l = ml->l;
         n++;
     }

@@ -17,6 +17,8 @@
 #include "gateway/request.h"
 
 #define QUOTA_MAX_SCOPES 3 /* key, tenant, key x model */
+/* Model globs longer than this name their bucket by their SHA-256. */
+#define QUOTA_GLOB_NAME_MAX 64
 
 /* One scope of a reservation: its bucket hash, concurrency set and limits. */
 struct quota_scope {

@@ -119,6 +119,31 @@ static void test_record_parse(void **state)
     assert_int_equal(quota_scopes(k, "mock-1", "p:", sc), 2);
     keys_record_release(k);
 
+    /* Globs past QUOTA_GLOB_NAME_MAX are named by their hash: two that share a long
+     * head still have buckets of their own. */
+    char long_a[200], long_b[200], ml_json[512];
+    memset(long_a, 'x', 150);
+    memcpy(long_b, long_a, 150);
+    strcpy(long_a + 150, "-a*");
+    strcpy(long_b + 150, "-b*");
+    snprintf(ml_json, sizeof ml_json, "{\"%s\":{\"tpm\":7},\"%s\":{\"tpm\":8}}", long_a, long_b);
+    const char *f4[] = {"id", "tenant", "status", "model_limits"};
+    const char *v4[] = {"key_0123", "acme", "active", ml_json};
+    k = keys_record_parse(f4, v4, 4);
+    assert_non_null(k);
+    struct quota_scope sa[QUOTA_MAX_SCOPES], sb[QUOTA_MAX_SCOPES];
+    char model_a[200], model_b[200];
+    snprintf(model_a, sizeof model_a, "%.150s-a1", long_a);
+    snprintf(model_b, sizeof model_b, "%.150s-b1", long_b);
+    assert_int_equal(quota_scopes(k, model_a, "p:", sa), 1);
+    assert_int_equal(quota_scopes(k, model_b, "p:", sb), 1);
+    assert_int_equal(sa[0].l.tpm, 7);
+    assert_int_equal(sb[0].l.tpm, 8);
+    assert_string_not_equal(sa[0].bucket, sb[0].bucket);
+    assert_true(strncmp(sa[0].bucket, "p:q:{acme}:k:key_0123:mh:", 25) == 0);
+    assert_int_equal(strlen(sa[0].bucket), 25 + 64);
+    keys_record_release(k);
+
     /* revoked, all models by default, and records that are not keys */
     const char *f2[] = {"id", "tenant", "status"};
     const char *v2[] = {"key_1", "t", "revoked"};
