@@ -517,6 +517,40 @@ def test_revocation_reaches_a_second_gateway(tmp_mod, mock, gw, redis_server):
         assert gw2.proc.stop() == 0
 
 
+def _redis_sockets(pid, redis_port):
+    """The timer_active field of each of pid's TCP connections to redis_port, from
+    /proc/net/tcp (2: the keepalive timer is armed)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    timers = []
+    with open(f"/proc/{pid}/net/tcp") as f:
+        for line in list(f)[1:]:
+            cols = line.split()
+            rem_port = int(cols[2].split(":")[1], 16)
+            if cols[3] == "01" and rem_port == redis_port and cols[9] in inodes:
+                timers.append(int(cols[5].split(":")[0], 16))
+    return timers
+
+
+def test_subscriptions_use_tcp_keepalive(gw, redis_server):
+    """A subscribed connection only reads: without keepalive a vanished Redis host
+    would leave it waiting for good, missing every revocation. Each worker's
+    subscription has its keepalive timer armed."""
+    k = make_key(gw, "keepalive")
+    gw.client(key=k["key"]).chat.completions.create(model="mock-model", messages=MSGS, max_tokens=1)
+    subs = wait_until(lambda: len([c for c in redis_server.cmd("CLIENT", "LIST").splitlines()
+                                   if "cmd=subscribe" in c]) or None, "the subscriptions")
+    timers = wait_until(lambda: _redis_sockets(gw.proc.p.pid, redis_server.port) or None,
+                        "the gateway's Redis connections")
+    assert timers.count(2) >= subs, timers
+
+
 # ------------------------------------------------------------------ two gateways, tight quotas
 
 def test_two_gateways_hold_a_tight_token_quota(tmp_mod, mock, gw, redis_server):
