@@ -77,6 +77,16 @@ void grant_demand(struct grant *g, long tokens, uint64_t now_ms, unsigned period
     g->last_demand_ms = now_ms;
 }
 
+bool grant_current(const struct grant *g, long day, long month)
+{
+    if (g->tokens <= 0 && g->requests <= 0) return true;
+    for (int i = 0; i < g->ns; i++) {
+        if (g->sc[i].l.tpd && g->day != day) return false;
+        if (g->sc[i].l.tpmo && g->month != month) return false;
+    }
+    return true; /* no calendar limit: the windows do not matter */
+}
+
 bool grant_take(struct grant *g, long tokens, uint64_t now_ms)
 {
     if (now_ms >= g->expires_ms || g->tokens < tokens) return false;

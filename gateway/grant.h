@@ -64,6 +64,11 @@ bool grant_class_ok(const struct quota_scope *sc, int ns);
 struct grant *grant_get(struct grant_table *t, const struct quota_scope *sc, int ns, bool create);
 /* Counts one request of `tokens` toward the class's demand. */
 void grant_demand(struct grant *g, long tokens, uint64_t now_ms, unsigned period_ms);
+/* Whether what g holds was debited in the calendar windows day and month (the
+ * current ones) of every scope with a day or month limit; true when it holds
+ * nothing. A grant taken just before midnight is not spent after it: that would
+ * charge today's usage to yesterday's limit. */
+bool grant_current(const struct grant *g, long day, long month);
 /* Admits one request of `tokens` from the grant when it is live and holds
  * enough; false (nothing taken) otherwise. */
 bool grant_take(struct grant *g, long tokens, uint64_t now_ms);

@@ -748,6 +748,15 @@ static bool admit_from_grant(struct request *r, struct grant *g)
     struct quota_worker *q = r->w->quota;
     uint64_t now = util_now_ms();
     unsigned period = r->cfg->quota_grant_ms;
+    long day = usage_day_of_ms(util_wall_ms());
+    if (!grant_current(g, day, usage_month_of_day(day))) {
+        /* Debited before midnight (or the month's end): back to that window, and
+         * this request is reserved in today's. */
+        give_back(q, g);
+        g->tokens = g->requests = 0;
+        g->asked_t = g->asked_r = 0;
+        return false;
+    }
     grant_demand(g, r->quota.tokens, now, period);
     if (!grant_take(g, r->quota.tokens, now)) return false;
     struct request_quota *rq = &r->quota;

@@ -130,6 +130,34 @@ static void test_take_low_and_headers(void **state)
     grant_table_clear(&t);
 }
 
+/* A grant debited in a day or month that has ended is not current for scopes
+ * with that window's limit; without calendar limits the windows do not matter. */
+static void test_current_window(void **state)
+{
+    (void)state;
+    struct grant_table t = {0};
+    const struct grant_headers h = {600, 500, 10000, 60000, 40000, 20000};
+    struct quota_scope no_calendar = scope("k", 600, 60000, 0, 0);
+    struct grant *g = grant_get(&t, &no_calendar, 1, true);
+    assert_true(grant_current(g, 20001, 657)); /* holds nothing */
+    grant_add(g, 1000, 10, 20000, -1, &h, 0, PERIOD);
+    assert_true(grant_current(g, 20001, 658));
+    struct quota_scope daily = scope("k2", 600, 60000, 100000, 0);
+    g = grant_get(&t, &daily, 1, true);
+    grant_add(g, 1000, 10, 20000, -1, &h, 0, PERIOD);
+    assert_true(grant_current(g, 20000, -1));
+    assert_false(grant_current(g, 20001, -1)); /* past midnight */
+    struct quota_scope monthly = scope("k3", 600, 60000, 0, 0);
+    monthly.l.tpmo = 5000000;
+    g = grant_get(&t, &monthly, 1, true);
+    grant_add(g, 1000, 10, 20000, 657, &h, 0, PERIOD);
+    assert_true(grant_current(g, 20001, 657)); /* a new day, the same month */
+    assert_false(grant_current(g, 20001, 658));
+    g->tokens = g->requests = 0;
+    assert_true(grant_current(g, 20001, 658)); /* spent: nothing to give back */
+    grant_table_clear(&t);
+}
+
 struct returned {
     int calls;
     long tokens, requests, day;
@@ -201,6 +229,7 @@ int main(void)
         cmocka_unit_test(test_classes),
         cmocka_unit_test(test_want_follows_demand_within_caps),
         cmocka_unit_test(test_take_low_and_headers),
+        cmocka_unit_test(test_current_window),
         cmocka_unit_test(test_sweep),
         cmocka_unit_test(test_table_bound),
     };
