@@ -212,6 +212,43 @@ static void emit_translated(void *ud, const char *data, size_t len)
     if (relay_event(r, &ev) != 0) r->adapter_failed = true;
 }
 
+/* An error the upstream reported in its stream (ADAPTER_STREAM_ERROR), by policy
+ * failure: its code, and the clean HTTP error a client gets when nothing reached it
+ * yet (mid-stream, the error event carries the type, code and message). */
+struct stream_report {
+    int failure;
+    int status;
+    const char *type, *code, *msg;
+};
+
+static const struct stream_report stream_reports[] = {
+    {PF_RATE_LIMITED, 429, "rate_limit_error", "upstream_rate_limited",
+     "The upstream provider is rate limiting this request: it sent a rate limit error in its "
+     "stream."},
+    {PF_OVERLOADED, 503, "server_error", "upstream_overloaded",
+     "The upstream provider is overloaded: it sent an overloaded error in its stream."},
+    {PF_SERVER_ERROR, 502, "upstream_error", "upstream_error",
+     "The upstream provider sent an error in its stream."}, /* any other: the last row */
+};
+
+#define N_STREAM_REPORTS (sizeof stream_reports / sizeof stream_reports[0])
+
+static const struct stream_report *stream_report_for(int failure)
+{
+    for (size_t i = 0; i < N_STREAM_REPORTS - 1; i++)
+        if (stream_reports[i].failure == failure) return &stream_reports[i];
+    return &stream_reports[N_STREAM_REPORTS - 1];
+}
+
+/* The report that ended this attempt's stream (r->error is its code), or NULL. */
+static const struct stream_report *stream_report_of(const struct request *r)
+{
+    if (!r->error || r->stream_failure < 0) return NULL;
+    for (size_t i = 0; i < N_STREAM_REPORTS; i++)
+        if (strcmp(r->error, stream_reports[i].code) == 0) return &stream_reports[i];
+    return NULL;
+}
+
 static int on_sse_event(void *ud, const struct sse_event *ev)
 {
     struct request *r = ud;
@@ -219,6 +256,11 @@ static int on_sse_event(void *ud, const struct sse_event *ev)
     int failure = PF_SERVER_ERROR;
     int rc = r->adapter->stream_event(r->adapter_state, ev->event, ev->event_len, ev->data,
                                       ev->data_len, emit_translated, r, &failure);
+    if (rc == ADAPTER_STREAM_ERROR) { /* the upstream failed and said so: not malformed */
+        r->stream_failure = failure;
+        r->error = stream_report_for(failure)->code;
+        return 1;
+    }
     if (rc < 0 || r->adapter_failed) {
         r->stream_failure = failure;
         r->error = "upstream_malformed";
@@ -296,8 +338,16 @@ static void finish_stream(struct request *r, enum upstream_result res, const cha
         request_end(r);
         return;
     }
+    const struct stream_report *report = stream_report_of(r);
     const char *code, *msg;
-    if (is_timeout(res)) {
+    const char *type = is_timeout(res) ? "timeout" : "upstream_error";
+    int status = is_timeout(res) ? 504 : 502;
+    if (report) {
+        code = report->code;
+        msg = report->msg;
+        type = report->type;
+        status = report->status;
+    } else if (is_timeout(res)) {
         code = "upstream_timeout";
         msg = "The upstream provider timed out while streaming the response.";
     } else if (res == UPSTREAM_OK) {
@@ -312,15 +362,17 @@ static void finish_stream(struct request *r, enum upstream_result res, const cha
     }
     if (r->state != RS_STREAMING) {
         /* Nothing reached the client yet: still a clean HTTP error. */
-        fail_before_reply(r, is_timeout(res) ? 504 : 502,
-                          is_timeout(res) ? "timeout" : "upstream_error", code, "%s", msg);
+        if (status == 429 && r->retry_after[0])
+            evhttp_add_header(evhttp_request_get_output_headers(r->req), "Retry-After",
+                              r->retry_after);
+        fail_before_reply(r, status, type, code, "%s", msg);
         return;
     }
     log_info("request", "%s: stream from %s ended with %s (%s)", r->id, r->target.provider->name,
              code, detail);
     r->error = code;
     r->status = 200;
-    stream_error_event(r, is_timeout(res) ? "timeout" : "upstream_error", code, msg);
+    stream_error_event(r, type, code, msg);
     end_stream_reply(r);
     request_end(r);
 }
@@ -629,12 +681,14 @@ static int try_start(struct request *r)
             .body_len = strlen(body),
         };
         struct adapter_out out;
+        out.unsupported[0] = '\0';
         int rc = ad->build(&call, &out);
         if (rc != 0) {
             free(body);
             release_probe(r);
             if (rc == ADAPTER_UNSUPPORTED) { /* this provider cannot serve it */
                 r->unsupported++;
+                util_strlcpy(r->unsupported_field, out.unsupported, sizeof r->unsupported_field);
                 continue;
             }
             fail_before_reply(r, 500, "server_error", "internal_error", "%s",
@@ -733,20 +787,29 @@ static void reply_no_target(struct request *r)
 {
     if (r->plan.n && r->unsupported == r->plan.n) {
         const struct provider_conf *p = r->target.provider;
+        const char *field = r->unsupported_field;
         char msg[384];
-        if (r->oai.endpoint == OAI_CHAT)
-            snprintf(msg, sizeof msg,
-                     "The model `%.64s` is served by provider `%.64s` (%s), which cannot express "
-                     "this request: one of its fields or values has no equivalent in that API.",
-                     r->oai.model, p->name, adapter_for(p->kind)->name);
-        else
+        if (r->oai.endpoint != OAI_CHAT)
             snprintf(msg, sizeof msg,
                      "The model `%.64s` is served by provider `%.64s` (%s), which does not "
                      "support this endpoint.",
                      r->oai.model, p->name, adapter_for(p->kind)->name);
+        else if (field[0])
+            snprintf(msg, sizeof msg,
+                     "The model `%.64s` is served by provider `%.64s` (%s), which cannot express "
+                     "`%s` of this request: it has no equivalent in that API.",
+                     r->oai.model, p->name, adapter_for(p->kind)->name, field);
+        else
+            snprintf(msg, sizeof msg,
+                     "The model `%.64s` is served by provider `%.64s` (%s), which cannot express "
+                     "this request: one of its fields or values has no equivalent in that API.",
+                     r->oai.model, p->name, adapter_for(p->kind)->name);
         route_headers(r);
         request_fail(r, 400, "invalid_request_error", "unsupported_by_provider",
-                     r->oai.endpoint == OAI_CHAT ? NULL : "model", "%s", msg);
+                     r->oai.endpoint != OAI_CHAT ? "model"
+                     : field[0]                  ? field
+                                                 : NULL,
+                     "%s", msg);
         return;
     }
     atomic_fetch_add(&routing_metrics.no_target, 1);

@@ -13,6 +13,7 @@
 #include "common/sse.h"
 #include "gateway/openai.h"
 #include "gateway/server.h"
+#include "routing/adapter.h"
 #include "routing/router.h"
 
 struct evhttp_request;
@@ -110,6 +111,8 @@ struct request {
     bool retry_same;               /* the next attempt is the current target again */
     int last_res;                  /* enum upstream_result of the last failed attempt */
     const char *last_detail;       /* and its static detail */
+    /* the request field the last unsupported target could not express ("" unknown) */
+    char unsupported_field[ADAPTER_FIELD_MAX];
 
     /* dispatch and relay (gateway/relay.c) */
     char *up_body;

@@ -389,6 +389,7 @@ enum step {
     ST_CUT,
     ST_ANTHROPIC,     /* the k-th Messages API event */
     ST_ANTHROPIC_BAD, /* a malformed Messages API event */
+    ST_ANTHROPIC_ERR, /* a Messages API error event (overloaded_error) */
 };
 
 /* The k-th step of this request's stream (and the token index for ST_TOKEN). */
@@ -396,7 +397,11 @@ static enum step step_at(const struct mreq *m, int k, int *tok)
 {
     if (m->gen.ep == EP_MESSAGES) {
         int st = mock_anthropic_step(&m->gen, (int)m->fault, k);
-        return st == 1 ? ST_ANTHROPIC : st == 2 ? ST_ANTHROPIC_BAD : st < 0 ? ST_CUT : ST_END;
+        return st == 1   ? ST_ANTHROPIC
+               : st == 2 ? ST_ANTHROPIC_BAD
+               : st == 3 ? ST_ANTHROPIC_ERR
+               : st < 0  ? ST_CUT
+                         : ST_END;
     }
     int chat = m->gen.ep == EP_CHAT;
     int n = m->gen.tokens;
@@ -454,6 +459,9 @@ static void stream_pump(struct mreq *m)
         case ST_ANTHROPIC_BAD:
             evbuffer_add_printf(buf, "event: content_block_delta\ndata: {\"type\":"
                                      "\"content_block_delta\",\"index\":0,\"delta\":{\n\n");
+            break;
+        case ST_ANTHROPIC_ERR:
+            mock_anthropic_error_event(buf, "overloaded_error", "Overloaded (mock fault)");
             break;
         case ST_END: {
             struct evhttp_request *req = m->req;
@@ -1130,6 +1138,7 @@ static void usage(FILE *f)
                "  --interval-ms N    delay between stream chunks (default 0)\n"
                "  --fault KIND       fault for every /v1 request: 429 500 503 hang reset\n"
                "                     reset-mid-stream malformed no-done hang-mid-stream\n"
+               "                     overloaded-stream overloaded-mid-stream (Messages streams)\n"
                "  --port-file PATH   write the bound port there once listening\n"
                "  --quiet            no per-request log line\n"
                "per-request headers: x-mock-latency-ms x-mock-tokens x-mock-interval-ms\n"

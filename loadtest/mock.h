@@ -21,6 +21,8 @@ enum mock_fault {
     FAULT_MALFORMED,
     FAULT_NO_DONE,
     FAULT_HANG_MID_STREAM,
+    FAULT_OVERLOADED_STREAM,     /* Messages streams: an overloaded_error event first */
+    FAULT_OVERLOADED_MID_STREAM, /* Messages streams: the same after a few text deltas */
 };
 
 /* Parses a fault name ("429", "hang", "reset-mid-stream", ...); 0 and *out, or -1. */
@@ -86,9 +88,12 @@ void mock_anthropic_body(struct evbuffer *out, const struct mock_gen *g);
 /* Anthropic-shaped error body ({"type":"error","error":{...}}). */
 void mock_anthropic_error(struct evbuffer *out, const char *type, const char *message);
 /* Stream step k for fault f: 1 = an event to write with mock_anthropic_event, 0 = the
- * stream ends, -1 = a *-mid-stream fault cuts it here, 2 = a malformed event. */
+ * stream ends, -1 = a *-mid-stream fault cuts it here, 2 = a malformed event, 3 = an
+ * overloaded_error event (then the stream ends). */
 int mock_anthropic_step(const struct mock_gen *g, int fault, int k);
 /* Writes stream event k ("event: ...\ndata: ...\n\n"). */
 void mock_anthropic_event(struct evbuffer *out, const struct mock_gen *g, int k);
+/* Writes an error event of the given Anthropic error type. */
+void mock_anthropic_error_event(struct evbuffer *out, const char *type, const char *message);
 
 #endif

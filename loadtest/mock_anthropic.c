@@ -136,6 +136,14 @@ int mock_anthropic_step(const struct mock_gen *g, int fault, int k)
 {
     if (fault == FAULT_MALFORMED && k == 1) return 2;
     if (fault == FAULT_MALFORMED && k > 1) return 0;
+    if (fault == FAULT_OVERLOADED_STREAM || fault == FAULT_OVERLOADED_MID_STREAM) {
+        /* The API can fail after its 200 head: an error event, then the end. */
+        int at = fault == FAULT_OVERLOADED_STREAM
+                     ? 0
+                     : 3 + (g->tokens < CUT_AFTER ? g->tokens : CUT_AFTER);
+        if (k == at) return 3;
+        if (k > at) return 0;
+    }
     if ((fault == FAULT_RESET_MID_STREAM || fault == FAULT_HANG_MID_STREAM) &&
         k >= 3 + (g->tokens < CUT_AFTER ? g->tokens : CUT_AFTER))
         return -1;
@@ -147,6 +155,13 @@ int mock_anthropic_step(const struct mock_gen *g, int fault, int k)
 static void event(struct evbuffer *out, const char *name)
 {
     evbuffer_add_printf(out, "event: %s\ndata: ", name);
+}
+
+void mock_anthropic_error_event(struct evbuffer *out, const char *type, const char *message)
+{
+    event(out, "error");
+    mock_anthropic_error(out, type, message);
+    evbuffer_add(out, "\n\n", 2);
 }
 
 void mock_anthropic_event(struct evbuffer *out, const struct mock_gen *g, int k)

@@ -19,6 +19,8 @@ static const char *const fault_names[] = {
     [FAULT_MALFORMED] = "malformed",
     [FAULT_NO_DONE] = "no-done",
     [FAULT_HANG_MID_STREAM] = "hang-mid-stream",
+    [FAULT_OVERLOADED_STREAM] = "overloaded-stream",
+    [FAULT_OVERLOADED_MID_STREAM] = "overloaded-mid-stream",
 };
 
 int mock_fault_parse(const char *name, enum mock_fault *out)

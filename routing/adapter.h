@@ -10,8 +10,10 @@
 
 #include "gateway/config.h"
 
-#define ADAPTER_UNSUPPORTED (-2) /* build(): this provider cannot serve the request */
-#define ADAPTER_MAX_HEADERS 4
+#define ADAPTER_UNSUPPORTED  (-2) /* build(): this provider cannot serve the request */
+#define ADAPTER_STREAM_ERROR (-3) /* stream_event(): the upstream reported an error */
+#define ADAPTER_MAX_HEADERS  4
+#define ADAPTER_FIELD_MAX    64 /* a request field's path ("messages[2].content"), NUL included */
 
 enum adapter_endpoint { ADAPTER_CHAT, ADAPTER_COMPLETIONS, ADAPTER_EMBEDDINGS };
 
@@ -27,13 +29,16 @@ struct adapter_call {
 };
 
 /* What build() produces. body NULL = send the OpenAI body as it is; otherwise
- * malloc'd (the caller frees). headers hold credentials: wipe them after use. */
+ * malloc'd (the caller frees). headers hold credentials: wipe them after use.
+ * unsupported names the field build() could not express when it returned
+ * ADAPTER_UNSUPPORTED ("" when it is the endpoint itself). */
 struct adapter_out {
     char url[2560];
     char *body;
     size_t body_len;
     char headers[ADAPTER_MAX_HEADERS][640];
     size_t n_headers;
+    char unsupported[ADAPTER_FIELD_MAX];
 };
 
 /* Receives one translated OpenAI SSE data payload (a chunk object or "[DONE]"). */
@@ -49,8 +54,9 @@ struct adapter {
     /* Streams in another dialect: state per attempt. NULL stream_new = OpenAI events as is. */
     void *(*stream_new)(const struct adapter_call *c);
     /* One upstream event -> zero or more OpenAI payloads through emit. Returns 0, 1 when
-     * the stream is complete ([DONE] emitted), or -1 with *failure (enum policy_failure)
-     * when the event is malformed or reports an error. */
+     * the stream is complete ([DONE] emitted), -1 when the event is malformed, or
+     * ADAPTER_STREAM_ERROR when it is the upstream's own error report; both failures set
+     * *failure (enum policy_failure: PF_RATE_LIMITED, PF_OVERLOADED or PF_SERVER_ERROR). */
     int (*stream_event)(void *st, const char *event, size_t elen, const char *data, size_t dlen,
                         adapter_emit_fn emit, void *ud, int *failure);
     void (*stream_free)(void *st);
@@ -72,8 +78,9 @@ const char *adapter_endpoint_path(enum adapter_endpoint ep);
 int adapter_url_escape(char *out, size_t cap, const char *s);
 
 /* Anthropic translation, exposed for tests: OpenAI chat request -> Messages request
- * (malloc'd JSON), or NULL with ADAPTER_UNSUPPORTED / -1 in *rc. */
+ * (malloc'd JSON), or NULL with ADAPTER_UNSUPPORTED / -1 in *rc; on ADAPTER_UNSUPPORTED
+ * field (ADAPTER_FIELD_MAX bytes, or NULL) receives the path of the field it cannot express. */
 char *anthropic_request_from_openai(const char *body, size_t len, const char *model,
-                                    size_t *out_len, int *rc);
+                                    size_t *out_len, int *rc, char *field);
 
 #endif

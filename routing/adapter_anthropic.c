@@ -8,6 +8,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,9 +78,22 @@ static cJSON *image_block(const cJSON *part)
     return b;
 }
 
-/* Appends the blocks of an OpenAI user/assistant content; -1 on an unsupported part. */
-static int add_content_blocks(cJSON *blocks, const cJSON *content)
+/* Names the field that cannot be translated: its printf-formatted path goes into field
+ * (ADAPTER_FIELD_MAX bytes, or NULL). */
+static void __attribute__((format(printf, 2, 3))) unsupported(char *field, const char *fmt, ...)
 {
+    if (!field) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(field, ADAPTER_FIELD_MAX, fmt, ap);
+    va_end(ap);
+}
+
+/* Appends the blocks of an OpenAI user/assistant content; -1 on an unsupported part,
+ * with its index in *bad (-1: the content itself). */
+static int add_content_blocks(cJSON *blocks, const cJSON *content, int *bad)
+{
+    *bad = -1;
     if (!content || cJSON_IsNull(content)) return 0;
     if (cJSON_IsString(content)) {
         if (content->valuestring[0]) cJSON_AddItemToArray(blocks, text_block(content->valuestring));
@@ -87,9 +101,11 @@ static int add_content_blocks(cJSON *blocks, const cJSON *content)
     }
     if (!cJSON_IsArray(content)) return -1;
     const cJSON *part;
+    int k = 0;
     cJSON_ArrayForEach(part, content)
     {
         const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(part, "type"));
+        *bad = k++;
         if (!type) return -1;
         if (strcmp(type, "text") == 0) {
             const char *t = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(part, "text"));
@@ -103,6 +119,7 @@ static int add_content_blocks(cJSON *blocks, const cJSON *content)
             return -1; /* input_audio, file...: not translatable */
         }
     }
+    *bad = -1;
     return 0;
 }
 
@@ -127,11 +144,14 @@ static void push_message(cJSON *msgs, const char *role, cJSON *blocks)
     cJSON_AddItemToArray(msgs, m);
 }
 
-static int add_tool_calls(cJSON *blocks, const cJSON *calls)
+/* Appends tool_use blocks; -1 on an untranslatable call, with its index in *bad. */
+static int add_tool_calls(cJSON *blocks, const cJSON *calls, int *bad)
 {
     const cJSON *tc;
+    *bad = -1;
     cJSON_ArrayForEach(tc, calls)
     {
+        (*bad)++;
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
         const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(tc, "id"));
         const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(fn, "name"));
@@ -152,17 +172,22 @@ static int add_tool_calls(cJSON *blocks, const cJSON *calls)
     return 0;
 }
 
-static int translate_messages(cJSON *out, const cJSON *messages)
+/* -1 with the untranslatable field's path in field. */
+static int translate_messages(cJSON *out, const cJSON *messages, char *field)
 {
     cJSON *msgs = cJSON_AddArrayToObject(out, "messages");
     char *system = NULL;
-    int rc = 0;
+    int rc = 0, i = -1, bad;
     const cJSON *m;
     cJSON_ArrayForEach(m, messages)
     {
         const char *role = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "role"));
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!role) goto bad;
+        i++;
+        if (!role) {
+            unsupported(field, "messages[%d].role", i);
+            goto bad;
+        }
         if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0) {
             char *t = content_text(content);
             if (!t) goto bad;
@@ -180,9 +205,15 @@ static int translate_messages(cJSON *out, const cJSON *messages)
             free(t);
         } else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0) {
             cJSON *blocks = cJSON_CreateArray();
-            if (add_content_blocks(blocks, content) < 0 ||
-                (role[0] == 'a' &&
-                 add_tool_calls(blocks, cJSON_GetObjectItemCaseSensitive(m, "tool_calls")) < 0)) {
+            if (add_content_blocks(blocks, content, &bad) < 0) {
+                if (bad >= 0) unsupported(field, "messages[%d].content[%d]", i, bad);
+                cJSON_Delete(blocks);
+                goto bad;
+            }
+            if (role[0] == 'a' &&
+                add_tool_calls(blocks, cJSON_GetObjectItemCaseSensitive(m, "tool_calls"), &bad) <
+                    0) {
+                unsupported(field, "messages[%d].tool_calls[%d]", i, bad);
                 cJSON_Delete(blocks);
                 goto bad;
             }
@@ -193,6 +224,7 @@ static int translate_messages(cJSON *out, const cJSON *messages)
                 cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "tool_call_id"));
             char *t = content_text(content);
             if (!id || !t) {
+                if (!id) unsupported(field, "messages[%d].tool_call_id", i);
                 free(t);
                 goto bad;
             }
@@ -204,29 +236,37 @@ static int translate_messages(cJSON *out, const cJSON *messages)
             cJSON_AddItemToArray(blocks, b);
             push_message(msgs, "user", blocks);
         } else {
-            goto bad; /* "function" (legacy) */
+            unsupported(field, "messages[%d].role", i); /* "function" (legacy) */
+            goto bad;
         }
     }
     if (system) cJSON_AddStringToObject(out, "system", system);
     goto out;
 bad:
+    if (field && !field[0]) unsupported(field, "messages[%d].content", i);
     rc = -1;
 out:
     free(system);
     return rc;
 }
 
-static int translate_tools(cJSON *out, const cJSON *req)
+/* -1 with the untranslatable field's path in field. */
+static int translate_tools(cJSON *out, const cJSON *req, char *field)
 {
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(req, "tools");
     if (cJSON_IsArray(tools) && tools->child) {
         cJSON *arr = cJSON_AddArrayToObject(out, "tools");
         const cJSON *t;
+        int i = 0;
         cJSON_ArrayForEach(t, tools)
         {
             const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
             const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(fn, "name"));
-            if (!name) return -1;
+            if (!name) {
+                unsupported(field, "tools[%d].function.name", i);
+                return -1;
+            }
+            i++;
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "name", name);
             const char *desc =
@@ -255,7 +295,10 @@ static int translate_tools(cJSON *out, const cJSON *req)
     } else if (cJSON_IsObject(tc)) {
         const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(tc, "function"), "name"));
-        if (!name) return -1;
+        if (!name) {
+            unsupported(field, "tool_choice");
+            return -1;
+        }
         choice = cJSON_CreateObject();
         cJSON_AddStringToObject(choice, "type", "tool");
         cJSON_AddStringToObject(choice, "name", name);
@@ -272,18 +315,23 @@ static int translate_tools(cJSON *out, const cJSON *req)
 }
 
 char *anthropic_request_from_openai(const char *body, size_t len, const char *model,
-                                    size_t *out_len, int *rc)
+                                    size_t *out_len, int *rc, char *field)
 {
     *rc = -1;
+    if (field) field[0] = '\0';
     cJSON *req = cJSON_ParseWithLength(body, len);
     cJSON *out = cJSON_CreateObject();
     char *text = NULL;
     if (!cJSON_IsObject(req) || !out) goto done;
     *rc = ADAPTER_UNSUPPORTED;
     const cJSON *n = cJSON_GetObjectItemCaseSensitive(req, "n");
-    if (cJSON_IsNumber(n) && n->valuedouble != 1) goto done; /* one choice only */
+    if (cJSON_IsNumber(n) && n->valuedouble != 1) { /* one choice only */
+        unsupported(field, "n");
+        goto done;
+    }
     cJSON_AddStringToObject(out, "model", model);
-    if (translate_messages(out, cJSON_GetObjectItemCaseSensitive(req, "messages")) < 0) goto done;
+    if (translate_messages(out, cJSON_GetObjectItemCaseSensitive(req, "messages"), field) < 0)
+        goto done;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(req, "max_completion_tokens");
     if (!cJSON_IsNumber(mt)) mt = cJSON_GetObjectItemCaseSensitive(req, "max_tokens");
     cJSON_AddNumberToObject(out, "max_tokens",
@@ -304,7 +352,7 @@ char *anthropic_request_from_openai(const char *body, size_t len, const char *mo
         cJSON_AddTrueToObject(out, "stream");
     const char *user = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(req, "user"));
     if (user) cJSON_AddStringToObject(cJSON_AddObjectToObject(out, "metadata"), "user_id", user);
-    if (translate_tools(out, req) < 0) goto done;
+    if (translate_tools(out, req, field) < 0) goto done;
     text = cJSON_PrintUnformatted(out);
     *rc = text ? 0 : -1;
     if (text) *out_len = strlen(text);
@@ -317,12 +365,13 @@ done:
 static int anthropic_build(const struct adapter_call *c, struct adapter_out *out)
 {
     const struct provider_conf *p = c->provider;
+    out->unsupported[0] = '\0';
     if (c->endpoint != ADAPTER_CHAT) return ADAPTER_UNSUPPORTED;
     int n = snprintf(out->url, sizeof out->url, "%s/messages", p->base_url);
     if (n <= 0 || (size_t)n >= sizeof out->url) return -1;
     int rc;
-    out->body =
-        anthropic_request_from_openai(c->body, c->body_len, c->upstream_model, &out->body_len, &rc);
+    out->body = anthropic_request_from_openai(c->body, c->body_len, c->upstream_model,
+                                              &out->body_len, &rc, out->unsupported);
     if (!out->body) return rc;
     out->n_headers = 0;
     snprintf(out->headers[out->n_headers++], sizeof out->headers[0], "anthropic-version: %s",
@@ -682,7 +731,7 @@ static int anthropic_stream_event(void *sp, const char *event, size_t elen, cons
             cJSON_GetObjectItemCaseSensitive(ev, "error"), "type"));
         if (et && strcmp(et, "overloaded_error") == 0) *failure = PF_OVERLOADED;
         if (et && strcmp(et, "rate_limit_error") == 0) *failure = PF_RATE_LIMITED;
-        rc = -1;
+        rc = ADAPTER_STREAM_ERROR; /* well-formed: the upstream's own report, not garbage */
     } /* ping, content_block_stop and unknown new event types: nothing to send */
     cJSON_Delete(ev);
     return rc;

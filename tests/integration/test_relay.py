@@ -92,6 +92,13 @@ class FakeUpstream:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                              b"Content-Length: %d\r\n\r\n" % len(out) + out)
                 return
+            if script in ANTHROPIC_ERRORS:  # a Messages stream whose first event is an error
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Retry-After: 7\r\nConnection: close\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                err = {"type": "error", "error": {"type": ANTHROPIC_ERRORS[script], "message": "x"}}
+                conn.sendall(_chunk(b"event: error\n" + _event(err)) + b"0\r\n\r\n")
+                return
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n")
             conn.sendall(_chunk(_event(_delta(role="assistant", content=""))) +
@@ -123,14 +130,18 @@ class FakeUpstream:
 
 FAKE_MODELS = {name: {"provider": "fake", "model": name}
                for name in ("done-late", "junk-body", "junk-usage", "no-text")}
+# upstream model -> the Anthropic error type its stream reports as its first event
+ANTHROPIC_ERRORS = {"anth-rate-limited": "rate_limit_error", "anth-api-error": "api_error"}
 
 
 def fake_conf(fake):
     return {"providers": {"fake": {"kind": "openai", "base_url": fake.url + "/v1",
                                    "first_byte_timeout_ms": 5000, "idle_timeout_ms": 5000},
-                          # never reached: the requests sent to it cannot be translated
+                          # claude-model is never reached: the requests sent to it cannot be
+                          # translated
                           "anth": {"kind": "anthropic", "base_url": fake.url + "/v1"}},
-            "models": {**FAKE_MODELS, "claude-model": {"provider": "anth", "model": "claude"}}}
+            "models": {**FAKE_MODELS, "claude-model": {"provider": "anth", "model": "claude"},
+                       **{m: {"provider": "anth", "model": m} for m in ANTHROPIC_ERRORS}}}
 
 
 @pytest.fixture(scope="module")
@@ -322,19 +333,48 @@ def test_read_timeout_applies_again_after_a_stream(gw):
     assert b"200 OK" not in rest
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/v1/embeddings", {"model": "claude-model", "input": "x"}),
-    ("/v1/chat/completions", {"model": "claude-model", "messages": MSGS, "n": 2}),
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/embeddings", {"model": "claude-model", "input": "x"}, "model"),
+    ("/v1/chat/completions", {"model": "claude-model", "messages": MSGS, "n": 2}, "n"),
+    ("/v1/chat/completions",
+     {"model": "claude-model", "messages": [*MSGS, {"role": "user", "content": [
+         {"type": "text", "text": "hear this"},
+         {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]},
+     "messages[1].content[1]"),
 ])
-def test_request_no_provider_can_express_is_400(gw, path, body):
+def test_request_no_provider_can_express_is_400(gw, path, body, param):
     """A request every target's adapter cannot express is the client's error, not
-    an outage: 400, never 503 "circuit open"."""
+    an outage: 400, never 503 "circuit open", naming the field it cannot express."""
     r = httpx.post(gw.url + path, json=body, headers={"Authorization": f"Bearer {API_KEY}"},
                    timeout=WAIT_S)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["code"] == "unsupported_by_provider"
     assert "anth" in err["message"] and "circuit" not in err["message"]
+    assert err["param"] == param
+    if param != "model":
+        assert f"cannot express `{param}`" in err["message"]
+
+
+@pytest.mark.parametrize("model,status,type_,code", [
+    ("anth-rate-limited", 429, "rate_limit_error", "upstream_rate_limited"),
+    ("anth-api-error", 502, "upstream_error", "upstream_error"),
+])
+def test_anthropic_error_event_before_first_token_is_that_error(gw, model, status, type_, code):
+    """An Anthropic stream whose first event is an error the upstream reports is a
+    clean HTTP error saying what it reported (429 with the head's Retry-After), not a
+    malformed upstream."""
+    rid = "anth-err-" + uuid.uuid4().hex
+    r = httpx.post(gw.url + "/v1/chat/completions", timeout=WAIT_S,
+                   json={"model": model, "messages": MSGS, "stream": True},
+                   headers={"Authorization": f"Bearer {API_KEY}", "x-request-id": rid})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["code"]) == (type_, code)
+    assert "malformed" not in err["message"]
+    assert r.headers.get("retry-after") == ("7" if status == 429 else None)
+    line = _log_line(gw, rid)
+    assert (line["status"], line["error"]) == (status, code)
 
 
 # ------------------------------------------------------------------ tenant keys, cache, Redis

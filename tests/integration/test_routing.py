@@ -58,6 +58,14 @@ ROUTES = [
      "targets": [{"provider": "az", "model": "my-deploy"}]},
     {"name": "claude", "match": {"model": "claude-*"},
      "targets": [{"provider": "anth", "model": "claude-3-5-haiku-mock"}]},
+    # no fallback and no breaker: an error the upstream reports reaches the client
+    {"name": "claude-faults", "match": {"model": "cf-model"},
+     "targets": [{"provider": "anth", "model": "cf-anth"}],
+     "breaker": {"failures": 0, "error_ratio": 0}},
+    {"name": "claude-failover", "match": {"model": "cfo-model"},
+     "targets": [{"provider": "anth", "model": "cfo-anth"}],
+     "fallback": [{"provider": "b", "model": "cfo-b"}],
+     "breaker": {"failures": 0, "error_ratio": 0}},
 ]
 
 
@@ -134,6 +142,18 @@ def target_state(gw, route, model):
                 if t["model"] == model:
                     return t
     raise AssertionError(f"no target {model} in route {route}")
+
+
+def log_line(gw, rid):
+    """The access log line of request rid (its x-request-id)."""
+    def find():
+        if not gw.access_log.exists():
+            return None
+        for line in gw.access_log.read_text().splitlines():
+            if line.startswith("{") and json.loads(line).get("id") == rid:
+                return json.loads(line)
+        return None
+    return wait_until(find, f"access log line of {rid}")
 
 
 def metric(gw, name):
@@ -334,6 +354,51 @@ def test_anthropic_errors_in_openai_shape(gw):
     with pytest.raises(openai.APIError):  # a broken Messages stream ends with an error event
         list(gw.client(default_headers={"x-mock-fault": "reset-mid-stream"}).chat.completions.create(
             model="claude-haiku", messages=MSGS, stream=True))
+
+
+def test_anthropic_overloaded_before_first_token_is_a_503(gw):
+    """An error event the upstream sends before anything reached the client is the
+    upstream's own report, not a malformed stream: a clean 503 upstream_overloaded."""
+    rid = "cf-first-" + uuid.uuid4().hex
+    # gw.client() has max_retries=0: the SDK would retry a 503
+    client = gw.client(default_headers={"x-mock-fault": "overloaded-stream", "x-request-id": rid})
+    with pytest.raises(openai.InternalServerError) as ei:
+        client.chat.completions.create(model="cf-model", messages=MSGS, max_tokens=4, stream=True)
+    e = ei.value
+    assert e.status_code == 503
+    assert e.code == "upstream_overloaded" and e.type == "server_error"
+    assert "overloaded" in e.message and "malformed" not in e.message
+    assert e.response.headers["x-llmgate-provider"] == "anth"
+    assert e.response.headers["x-llmgate-attempts"] == "1"  # no fallback took it
+    line = log_line(gw, rid)
+    assert (line["status"], line["error"]) == (503, "upstream_overloaded")
+
+
+def test_anthropic_overloaded_mid_stream_ends_with_overloaded_error_event(gw):
+    rid = "cf-mid-" + uuid.uuid4().hex
+    client = gw.client(default_headers={"x-mock-fault": "overloaded-mid-stream",
+                                        "x-request-id": rid})
+    got = ""
+    with pytest.raises(openai.APIError) as ei:
+        for c in client.chat.completions.create(model="cf-model", messages=MSGS, max_tokens=8,
+                                                stream=True):
+            if c.choices:
+                got += c.choices[0].delta.content or ""
+    assert got == "tok0 tok1 tok2 "  # what came before the error event was relayed
+    e = ei.value
+    assert e.code == "upstream_overloaded" and e.type == "server_error"
+    assert "overloaded" in e.message and "malformed" not in e.message
+    line = log_line(gw, rid)
+    assert (line["status"], line["error"]) == (200, "upstream_overloaded")
+
+
+def test_anthropic_overloaded_before_first_token_fails_over(gw, mocks):
+    _, b = mocks
+    before = b.stats()["requests"]
+    h, text = stream_text(gw, "cfo-model", {"x-mock-fault": "overloaded-stream"})
+    assert text == "tok0 tok1 tok2 tok3 "
+    assert (h["x-llmgate-provider"], h["x-llmgate-attempts"]) == ("b", "2")
+    assert b.stats()["requests"] == before + 1
 
 
 # ------------------------------------------------------------------ azure

@@ -57,8 +57,10 @@ static void check_request(const char *in, const char *want, const char *model)
     size_t len, out_len = 0;
     char *oai = slurp(in, &len), *exp = slurp(want, NULL);
     int rc;
-    char *got = anthropic_request_from_openai(oai, len, model, &out_len, &rc);
+    char field[ADAPTER_FIELD_MAX] = "x";
+    char *got = anthropic_request_from_openai(oai, len, model, &out_len, &rc, field);
     assert_int_equal(rc, 0);
+    assert_string_equal(field, "");
     assert_non_null(got);
     assert_int_equal(out_len, strlen(got));
     assert_json_equal(got, exp, in);
@@ -92,28 +94,58 @@ static void test_requests(void **state)
 static void test_unsupported_requests(void **state)
 {
     (void)state;
-    const char *bodies[] = {
-        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}",
-        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_audio\"}]}]}",
-        "{\"messages\":[{\"role\":\"function\",\"name\":\"f\",\"content\":\"x\"}]}",
-        "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"a\",\"function\":{"
-        "\"name\":\"f\",\"arguments\":\"[1]\"}}]}]}",
+    /* Each names the field it cannot express, for the client's 400. */
+    const char *bodies[][2] = {
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}", "n"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"user\",\"content\":[{"
+         "\"type\":\"text\",\"text\":\"y\"},{\"type\":\"input_audio\"}]}]}",
+         "messages[1].content[1]"},
+        {"{\"messages\":[{\"role\":\"function\",\"name\":\"f\",\"content\":\"x\"}]}",
+         "messages[0].role"},
+        {"{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"a\",\"function\":{"
+         "\"name\":\"f\",\"arguments\":\"{}\"}},{\"id\":\"b\",\"function\":{\"name\":\"f\","
+         "\"arguments\":\"[1]\"}}]}]}",
+         "messages[0].tool_calls[1]"},
+        {"{\"messages\":[{\"role\":\"system\",\"content\":[{\"type\":\"image_url\"}]}]}",
+         "messages[0].content"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"tool\",\"content\":"
+         "\"y\"}]}",
+         "messages[1].tool_call_id"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":"
+         "\"function\",\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{}}]}",
+         "tools[1].function.name"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tool_choice\":{\"type\":"
+         "\"function\"}}",
+         "tool_choice"},
     };
     for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
         int rc = 0;
         size_t n;
-        assert_null(anthropic_request_from_openai(bodies[i], strlen(bodies[i]), "m", &n, &rc));
+        char field[ADAPTER_FIELD_MAX] = "";
+        assert_null(
+            anthropic_request_from_openai(bodies[i][0], strlen(bodies[i][0]), "m", &n, &rc, field));
+        assert_int_equal(rc, ADAPTER_UNSUPPORTED);
+        assert_string_equal(field, bodies[i][1]);
+        assert_null(anthropic_request_from_openai(bodies[i][0], strlen(bodies[i][0]), "m", &n, &rc,
+                                                  NULL)); /* field is optional */
         assert_int_equal(rc, ADAPTER_UNSUPPORTED);
     }
-    /* Only chat completions go to an anthropic provider. */
+    /* build() reports it in out->unsupported. */
     struct provider_conf p = {.name = "x", .base_url = "http://h/v1"};
     struct adapter_call c = {.provider = &p,
                              .upstream_model = "m",
-                             .endpoint = ADAPTER_EMBEDDINGS,
-                             .body = "{}",
-                             .body_len = 2};
+                             .endpoint = ADAPTER_CHAT,
+                             .body = bodies[0][0],
+                             .body_len = strlen(bodies[0][0])};
     struct adapter_out out;
     assert_int_equal(adapter_anthropic.build(&c, &out), ADAPTER_UNSUPPORTED);
+    assert_string_equal(out.unsupported, "n");
+    /* Only chat completions go to an anthropic provider: the endpoint, not a field. */
+    c.endpoint = ADAPTER_EMBEDDINGS;
+    c.body = "{}";
+    c.body_len = 2;
+    assert_int_equal(adapter_anthropic.build(&c, &out), ADAPTER_UNSUPPORTED);
+    assert_string_equal(out.unsupported, "");
 }
 
 static void test_responses(void **state)
@@ -217,15 +249,34 @@ static void test_stream_errors(void **state)
     void *st = adapter_anthropic.stream_new(&c);
     struct collect out = {0};
     int failure = -1;
-    const char *ev =
-        "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"x\"}}";
-    assert_int_equal(
-        adapter_anthropic.stream_event(st, "error", 5, ev, strlen(ev), on_emit, &out, &failure),
-        -1);
-    assert_int_equal(failure, PF_OVERLOADED);
+    /* The upstream's own error events are reports (ADAPTER_STREAM_ERROR), each with its
+     * failure; a malformed event is -1. */
+    const struct {
+        const char *type;
+        int failure;
+    } reports[] = {
+        {"overloaded_error", PF_OVERLOADED},
+        {"rate_limit_error", PF_RATE_LIMITED},
+        {"api_error", PF_SERVER_ERROR},
+    };
+    for (size_t i = 0; i < sizeof reports / sizeof reports[0]; i++) {
+        char ev[160];
+        snprintf(ev, sizeof ev,
+                 "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"x\"}}",
+                 reports[i].type);
+        failure = -1;
+        assert_int_equal(
+            adapter_anthropic.stream_event(st, "error", 5, ev, strlen(ev), on_emit, &out, &failure),
+            ADAPTER_STREAM_ERROR);
+        assert_int_equal(failure, reports[i].failure);
+    }
     assert_int_equal(adapter_anthropic.stream_event(st, "", 0, "{\"ty", 4, on_emit, &out, &failure),
                      -1);
     assert_int_equal(failure, PF_SERVER_ERROR);
+    const char *bad_error = "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}junk";
+    assert_int_equal(adapter_anthropic.stream_event(st, "error", 5, bad_error, strlen(bad_error),
+                                                    on_emit, &out, &failure),
+                     -1); /* malformed, whatever it says */
     const char *ping = "{\"type\":\"ping\"}junk";
     assert_int_equal(
         adapter_anthropic.stream_event(st, "ping", 4, ping, strlen(ping), on_emit, &out, &failure),
