@@ -137,6 +137,8 @@ const char *chat_template_kind_name(enum chat_tmpl_kind k)
 struct sbuf {
     char *p;
     size_t n, cap;
+    struct tok_range *lit; /* where caller-provided text lies in p, in order */
+    size_t n_lit, cap_lit;
     int failed;
 };
 
@@ -165,17 +167,46 @@ static void puts_(struct sbuf *b, const char *s)
     if (s) put(b, s, strlen(s));
 }
 
+/* Records b->p[off..off+n) as caller-provided text (joined to a range it continues). */
+static void mark_lit(struct sbuf *b, size_t off, size_t n)
+{
+    if (b->failed || n == 0) return;
+    if (b->n_lit > 0 && b->lit[b->n_lit - 1].off + b->lit[b->n_lit - 1].len == off) {
+        b->lit[b->n_lit - 1].len += n;
+        return;
+    }
+    if (b->n_lit == b->cap_lit) {
+        size_t cap = b->cap_lit ? 2 * b->cap_lit : 16;
+        struct tok_range *nl = realloc(b->lit, cap * sizeof *nl);
+        if (!nl) {
+            b->failed = 1;
+            return;
+        }
+        b->lit = nl;
+        b->cap_lit = cap;
+    }
+    b->lit[b->n_lit++] = (struct tok_range){off, n};
+}
+
+/* Appends caller-provided text (a message's content): it is encoded without special tokens. */
+static void put_lit(struct sbuf *b, const char *s)
+{
+    size_t at = b->n;
+    puts_(b, s);
+    mark_lit(b, at, b->n - at);
+}
+
 /* Python's str.isspace(), which Jinja's trim and str.strip() use. */
 static int py_space(uint32_t cp)
 {
     return uni_is_space(cp) || (cp >= 0x1C && cp <= 0x1F);
 }
 
-/* Appends s with leading and trailing whitespace removed (Python str.strip()). */
-static void put_stripped(struct sbuf *b, const char *s)
+/* The bounds of s[0..n) with leading and trailing whitespace removed (Python str.strip()). */
+static void strip_bounds(const char *s, size_t n, size_t *start, size_t *end)
 {
     const unsigned char *u = (const unsigned char *)s;
-    size_t n = strlen(s), st = 0, en = n;
+    size_t st = 0, en = n;
     while (st < n) {
         uint32_t cp;
         size_t l = uni_decode(u + st, n - st, &cp);
@@ -191,7 +222,31 @@ static void put_stripped(struct sbuf *b, const char *s)
         if (!py_space(cp)) break;
         en = k;
     }
+    *start = st;
+    *end = en;
+}
+
+/* Appends caller-provided s stripped (Jinja's `| trim`). */
+static void put_lit_stripped(struct sbuf *b, const char *s)
+{
+    size_t st, en, at = b->n;
+    strip_bounds(s, strlen(s), &st, &en);
     put(b, s + st, en - st);
+    mark_lit(b, at, b->n - at);
+}
+
+/* Appends c's text stripped, with its caller-provided ranges. */
+static void put_sbuf_stripped(struct sbuf *b, const struct sbuf *c)
+{
+    size_t st, en, at = b->n;
+    strip_bounds(c->p ? c->p : "", c->n, &st, &en);
+    put(b, c->p ? c->p + st : "", en - st);
+    for (size_t k = 0; k < c->n_lit && !b->failed; k++) {
+        size_t a = c->lit[k].off, z = a + c->lit[k].len;
+        if (a < st) a = st;
+        if (z > en) z = en;
+        if (a < z) mark_lit(b, at + (a - st), z - a);
+    }
 }
 
 static int role_is(const struct chat_msg *m, const char *r)
@@ -229,7 +284,7 @@ static void render_chatml(const struct chat_template *ct, const struct chat_msg 
             /* consecutive tool results share one user turn */
             if (i == 0 || !role_is(&m[i - 1], "tool")) puts_(b, "<|im_start|>user");
             puts_(b, "\n<tool_response>\n");
-            puts_(b, m[i].content);
+            put_lit(b, m[i].content);
             puts_(b, "\n</tool_response>");
             if (i + 1 == n || !role_is(&m[i + 1], "tool")) puts_(b, "<|im_end|>\n");
             continue;
@@ -237,7 +292,7 @@ static void render_chatml(const struct chat_template *ct, const struct chat_msg 
         puts_(b, "<|im_start|>");
         puts_(b, m[i].role);
         puts_(b, "\n");
-        puts_(b, m[i].content);
+        put_lit(b, m[i].content);
         puts_(b, "<|im_end|>\n");
     }
     if (gen) puts_(b, "<|im_start|>assistant\n");
@@ -254,7 +309,7 @@ static void render_llama3(const struct chat_template *ct, const struct chat_msg 
         puts_(b, "<|start_header_id|>system<|end_header_id|>\n\n");
         puts_(b, "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
         if (n > 0 && role_is(&m[0], "system")) {
-            put_stripped(b, m[0].content);
+            put_lit_stripped(b, m[0].content);
             i = 1;
         }
         puts_(b, "<|eot_id|>");
@@ -262,14 +317,14 @@ static void render_llama3(const struct chat_template *ct, const struct chat_msg 
     for (; i < n; i++) {
         if (ct->llama31_system && role_is(&m[i], "tool")) {
             puts_(b, "<|start_header_id|>ipython<|end_header_id|>\n\n");
-            puts_(b, m[i].content);
+            put_lit(b, m[i].content);
             puts_(b, "<|eot_id|>");
             continue;
         }
         puts_(b, "<|start_header_id|>");
         puts_(b, m[i].role);
         puts_(b, "<|end_header_id|>\n\n");
-        put_stripped(b, m[i].content);
+        put_lit_stripped(b, m[i].content);
         puts_(b, "<|eot_id|>");
     }
     if (gen) puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -297,27 +352,29 @@ static int render_llama2(const struct chat_template *ct, const struct chat_msg *
         struct sbuf c = {0};
         if (k == 0 && sys) {
             puts_(&c, "<<SYS>>\n");
-            puts_(&c, sys);
+            put_lit(&c, sys);
             puts_(&c, "\n<</SYS>>\n\n");
         }
-        puts_(&c, m[i].content);
+        put_lit(&c, m[i].content);
         if (c.failed) {
             free(c.p);
+            free(c.lit);
             b->failed = 1;
             return 0;
         }
         if (role_is(&m[i], "user")) {
             puts_(b, ct->bos);
             puts_(b, "[INST] ");
-            put_stripped(b, c.p ? c.p : "");
+            put_sbuf_stripped(b, &c);
             puts_(b, " [/INST]");
         } else {
             puts_(b, " ");
-            put_stripped(b, c.p ? c.p : "");
+            put_sbuf_stripped(b, &c);
             puts_(b, " ");
             puts_(b, ct->eos);
         }
         free(c.p);
+        free(c.lit);
     }
     return 0;
 }
@@ -332,7 +389,7 @@ static void render_zephyr(const struct chat_template *ct, const struct chat_msg 
                                                          : NULL; /* others: not rendered */
         if (head) {
             puts_(b, head);
-            puts_(b, m[i].content);
+            put_lit(b, m[i].content);
             puts_(b, ct->eos);
             puts_(b, "\n");
         }
@@ -340,12 +397,14 @@ static void render_zephyr(const struct chat_template *ct, const struct chat_msg 
     }
 }
 
-int chat_template_apply(const struct chat_template *ct, const struct chat_msg *msgs, size_t n,
-                        int add_generation_prompt, char **out, size_t *out_len, char *err,
-                        size_t errlen)
+int chat_template_render(const struct chat_template *ct, const struct chat_msg *msgs, size_t n,
+                         int add_generation_prompt, char **out, size_t *out_len,
+                         struct tok_range **literal, size_t *n_literal, char *err, size_t errlen)
 {
     struct sbuf b = {0};
     *out = NULL;
+    if (literal) *literal = NULL;
+    if (n_literal) *n_literal = 0;
     if (check_roles(msgs, n, err, errlen) < 0) return -1;
     puts_(&b, "");
     switch (ct->kind) {
@@ -354,6 +413,7 @@ int chat_template_apply(const struct chat_template *ct, const struct chat_msg *m
     case CHAT_TMPL_LLAMA2:
         if (render_llama2(ct, msgs, n, &b, err, errlen) < 0) {
             free(b.p);
+            free(b.lit);
             return -1;
         }
         break;
@@ -361,10 +421,25 @@ int chat_template_apply(const struct chat_template *ct, const struct chat_msg *m
     }
     if (b.failed) {
         free(b.p);
+        free(b.lit);
         set_err(err, errlen, "out of memory");
         return -1;
     }
     *out = b.p;
     if (out_len) *out_len = b.n;
+    if (literal) {
+        *literal = b.lit;
+        *n_literal = b.n_lit;
+    } else {
+        free(b.lit);
+    }
     return 0;
+}
+
+int chat_template_apply(const struct chat_template *ct, const struct chat_msg *msgs, size_t n,
+                        int add_generation_prompt, char **out, size_t *out_len, char *err,
+                        size_t errlen)
+{
+    return chat_template_render(ct, msgs, n, add_generation_prompt, out, out_len, NULL, NULL, err,
+                                errlen);
 }

@@ -1,10 +1,14 @@
 /* Built-in chat templates (ChatML/Qwen, Llama-3, Llama-2, Zephyr): turn a list of messages into
  * the prompt text HF's Jinja chat_template renders for the standard templates, to be encoded
- * with parse_special. The family is recognised from the model's chat_template text. */
+ * with special tokens parsed in the template's own text and not in the messages' contents
+ * (chat_template_render reports where those lie). The family is recognised from the model's
+ * chat_template text. */
 #ifndef LLMGATE_ENGINE_CHAT_TEMPLATE_H
 #define LLMGATE_ENGINE_CHAT_TEMPLATE_H
 
 #include <stddef.h>
+
+#include "engine/tokenizer.h"
 
 enum chat_tmpl_kind { CHAT_TMPL_CHATML, CHAT_TMPL_LLAMA3, CHAT_TMPL_LLAMA2, CHAT_TMPL_ZEPHYR };
 
@@ -41,5 +45,13 @@ const char *chat_template_kind_name(enum chat_tmpl_kind k);
 int chat_template_apply(const struct chat_template *ct, const struct chat_msg *msgs, size_t n,
                         int add_generation_prompt, char **out, size_t *out_len, char *err,
                         size_t errlen);
+
+/* chat_template_apply that also says where the caller's text (message contents) lies in *out:
+ * *literal (malloc'd, caller frees; NULL when *n_literal is 0), in order, for
+ * tokenizer_encode_literal. The template's markup (role headers, <|im_end|>, BOS/EOS, the
+ * default system prompt) is outside every range. Same return as chat_template_apply. */
+int chat_template_render(const struct chat_template *ct, const struct chat_msg *msgs, size_t n,
+                         int add_generation_prompt, char **out, size_t *out_len,
+                         struct tok_range **literal, size_t *n_literal, char *err, size_t errlen);
 
 #endif

@@ -94,6 +94,8 @@ int prompt_chat(const struct tokenizer *t, const struct chat_template *ct, const
     struct chat_msg *msgs = calloc((size_t)n + 1, sizeof *msgs);
     char **owned = calloc((size_t)n + 1, sizeof *owned);
     char *text = NULL, err[256];
+    struct tok_range *lit = NULL;
+    size_t len = 0, n_lit = 0;
     if (!msgs || !owned) goto out;
     int i = 0;
     const cJSON *m;
@@ -115,11 +117,18 @@ int prompt_chat(const struct tokenizer *t, const struct chat_template *ct, const
         if (rc != PROMPT_OK) goto out;
         i++;
     }
-    if (chat_template_apply(ct, msgs, (size_t)n, 1, &text, NULL, err, sizeof err) != 0) {
+    if (chat_template_render(ct, msgs, (size_t)n, 1, &text, &len, &lit, &n_lit, err, sizeof err) !=
+        0) {
         rc = refuse(e, "invalid_value", "messages", "%s", err);
         goto out;
     }
-    rc = prompt_encode_text(t, text, 0, out);
+    /* Special tokens come from the template only: "<|im_end|>" in a content is text, so a
+     * message cannot end its turn and open one with another role. */
+    if (tokenizer_encode_literal(t, text, len, lit, n_lit, &out->ids, &out->n) != 0) {
+        rc = PROMPT_E_NOMEM;
+        goto out;
+    }
+    rc = PROMPT_OK;
 out:
     if (owned)
         for (int k = 0; k < n; k++)
@@ -127,6 +136,7 @@ out:
     free(owned);
     free(msgs);
     free(text);
+    free(lit);
     return rc;
 }
 

@@ -41,13 +41,17 @@ int prompt_encode_text(const struct tokenizer *t, const char *text, int add_bos,
 
 /* Chat messages (an array of {role, content} as oai_request_parse validates them; content a
  * string, an array of text parts, or absent/null) -> the template's text with the generation
- * prompt -> ids. PROMPT_OK, PROMPT_E_NOMEM, or PROMPT_E_INVALID with e filled (non-text
- * content parts, roles the template cannot express). */
+ * prompt -> ids. Special tokens are parsed in the template's markup only: a special token's
+ * string inside a content ("<|im_end|>\n<|im_start|>system") is encoded as plain text, so a
+ * message cannot forge turns (tokenizer_encode_literal). PROMPT_OK, PROMPT_E_NOMEM, or
+ * PROMPT_E_INVALID with e filled (non-text content parts, roles the template cannot express). */
 int prompt_chat(const struct tokenizer *t, const struct chat_template *ct,
                 const struct cJSON *messages, struct prompt_ids *out, struct prompt_error *e);
 
 /* The completions prompt: one string (BOS added as for prompt_encode_text), or one array of
- * token ids taken as they are; ["text"] and [[ids]] count as one prompt. PROMPT_OK,
+ * token ids taken as they are; ["text"] and [[ids]] count as one prompt. A raw prompt is the
+ * caller's whole prompt, template included, so special tokens written in it are parsed (as
+ * vLLM and llama.cpp's server do); text from untrusted sources belongs in chat messages. PROMPT_OK,
  * PROMPT_E_NOMEM, or PROMPT_E_INVALID with e filled (several prompts, other shapes). */
 int prompt_completion(const struct tokenizer *t, const struct cJSON *prompt, struct prompt_ids *out,
                       struct prompt_error *e);

@@ -69,6 +69,7 @@ struct tokenizer {
     struct mergemap merges;
     struct tok_added *added; /* sorted by first byte, longest first */
     size_t n_added;
+    int norm_special;        /* some special added token is matched after normalization */
     size_t added_first[257]; /* added[added_first[c]..added_first[c + 1]) start with byte c */
 
     struct norm_op norm[8];
@@ -484,6 +485,8 @@ struct mrg {
 struct enc {
     const struct tokenizer *t;
     int parse_special;
+    const char *text;   /* the input: raw-pass offsets are taken from it */
+    const uint8_t *lit; /* (len of text) 1 where special tokens are plain text, or NULL */
     int32_t *ids;
     size_t n, cap;
     int failed;
@@ -783,10 +786,17 @@ static long added_at(const struct tokenizer *t, const char *s, size_t i, size_t 
 
 typedef void (*seg_fn)(struct enc *e, const char *s, size_t len, int at_origin);
 
+/* 1 when any byte of lit[a..b) is set. */
+static int any_lit(const uint8_t *lit, size_t a, size_t b)
+{
+    return lit && memchr(lit + a, 1, b - a) != NULL;
+}
+
 /* Splits s on added tokens (leftmost-longest, as HF's Aho-Corasick pass does), emitting
- * token ids and handing the text between them to fn. */
-static void split_added(struct enc *e, const char *s, size_t n, int normalized, int at_origin,
-                        seg_fn fn)
+ * token ids and handing the text between them to fn. lit (per byte of s, may be NULL) marks
+ * literal text, in which a special token's string is plain text. */
+static void split_added(struct enc *e, const char *s, size_t n, const uint8_t *lit, int normalized,
+                        int at_origin, seg_fn fn)
 {
     const struct tokenizer *t = e->t;
     size_t start_off = 0, i = 0;
@@ -798,8 +808,11 @@ static void split_added(struct enc *e, const char *s, size_t n, int normalized, 
         }
         const struct tok_added *a = &t->added[ai];
         size_t st = i, sp = i + a->len;
-        if (a->special && !e->parse_special) {
-            i = sp; /* the match is left as text; the scan goes on after it */
+        if (a->special && (!e->parse_special || any_lit(lit, st, sp))) {
+            /* the match is left as text and the scan goes on after it, as HF does without
+             * special tokens; but a match reaching out of literal text into template text
+             * must not swallow a special token that starts there */
+            i = !e->parse_special || !memchr(lit + st, 0, sp - st) ? sp : i + 1;
             continue;
         }
         if (a->single_word) {
@@ -842,7 +855,9 @@ static void split_added(struct enc *e, const char *s, size_t n, int normalized, 
         fn(e, s + start_off, n - start_off, at_origin && start_off == 0);
 }
 
-static int normalize(const struct tokenizer *t, const char *s, size_t len, char **out,
+/* Runs the normalizer over s[0..len): *out is the malloc'd result, or NULL when it is s itself.
+ * first: s starts the text being normalized (Prepend applies only there). 0, or -1 no memory. */
+static int normalize(const struct tokenizer *t, const char *s, size_t len, int first, char **out,
                      size_t *out_len)
 {
     char *cur = NULL; /* owned current text, NULL while it is still s */
@@ -856,7 +871,7 @@ static int normalize(const struct tokenizer *t, const char *s, size_t len, char 
             if (uni_nfc(src, cl, &nx, &nl) < 0) goto oom;
             if (!nx) continue;
         } else if (op->kind == NORM_PREPEND) {
-            if (cl == 0) continue; /* HF prepends to non-empty strings only */
+            if (cl == 0 || !first) continue; /* HF prepends to non-empty strings only */
             nl = op->a_len + cl;
             nx = malloc(nl + 1);
             if (!nx) goto oom;
@@ -903,25 +918,88 @@ static void normalized_seg(struct enc *e, const char *s, size_t len, int at_orig
     pretok_piece(e, s, len, at_origin);
 }
 
-static void raw_seg(struct enc *e, const char *s, size_t len, int at_origin)
+/* Normalizes a segment that mixes literal and template text run by run, so that the literal
+ * mask carries over to the normalized text (*lit_out, per byte of *out; both malloc'd). Only
+ * needed when a special token is matched after normalization; the result equals normalizing
+ * the segment whole except where a run starts with a character that composes (NFC) with the
+ * end of the run before it. 0, or -1 no memory. */
+static int normalize_runs(const struct tokenizer *t, const char *s, size_t len, const uint8_t *lit,
+                          char **out, uint8_t **lit_out, size_t *out_len)
 {
-    char *norm;
-    size_t nl;
-    if (normalize(e->t, s, len, &norm, &nl) < 0) {
-        e->failed = 1;
-        return;
+    char *o = NULL;
+    uint8_t *ol = NULL;
+    size_t on = 0, cap = 0;
+    for (size_t a = 0; a < len;) {
+        size_t b = a + 1;
+        while (b < len && lit[b] == lit[a])
+            b++;
+        char *norm;
+        size_t nl;
+        if (normalize(t, s + a, b - a, a == 0, &norm, &nl) < 0) goto oom;
+        if (on + nl + 1 > cap) {
+            cap = (on + nl + 1) * 2;
+            char *no = realloc(o, cap);
+            if (no) o = no;
+            uint8_t *nlit = no ? realloc(ol, cap) : NULL;
+            if (nlit) ol = nlit;
+            if (!no || !nlit) {
+                free(norm);
+                goto oom;
+            }
+        }
+        memcpy(o + on, norm ? norm : s + a, nl);
+        memset(ol + on, lit[a], nl);
+        on += nl;
+        free(norm);
+        a = b;
     }
-    split_added(e, norm ? norm : s, nl, 1, at_origin, normalized_seg);
-    free(norm);
+    *out = o;
+    *lit_out = ol;
+    *out_len = on;
+    return 0;
+oom:
+    free(o);
+    free(ol);
+    return -1;
 }
 
-int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, int parse_special,
-                     int32_t **ids, size_t *n)
+static void raw_seg(struct enc *e, const char *s, size_t len, int at_origin)
 {
-    struct enc e = {.t = t, .parse_special = parse_special};
+    const struct tokenizer *t = e->t;
+    char *norm = NULL;
+    uint8_t *nlit = NULL;
+    size_t nl, off = (size_t)(s - e->text);
+    int all_lit = 0;
+    if (e->lit && any_lit(e->lit, off, off + len)) {
+        all_lit = !memchr(e->lit + off, 0, len);
+        if (!all_lit && t->norm_special) {
+            if (normalize_runs(t, s, len, e->lit + off, &norm, &nlit, &nl) < 0) goto oom;
+            split_added(e, norm, nl, nlit, 1, at_origin, normalized_seg);
+            free(norm);
+            free(nlit);
+            return;
+        }
+    }
+    if (normalize(t, s, len, 1, &norm, &nl) < 0) goto oom;
+    /* all literal: no special token at all; mixed without normalized specials: the mask does
+     * not matter in this pass */
+    int parse = e->parse_special;
+    if (all_lit) e->parse_special = 0;
+    split_added(e, norm ? norm : s, nl, NULL, 1, at_origin, normalized_seg);
+    e->parse_special = parse;
+    free(norm);
+    return;
+oom:
+    e->failed = 1;
+}
+
+static int encode(const struct tokenizer *t, const char *text, size_t len, int parse_special,
+                  const uint8_t *lit, int32_t **ids, size_t *n)
+{
+    struct enc e = {.t = t, .parse_special = parse_special, .text = text, .lit = lit};
     *ids = NULL;
     *n = 0;
-    if (len) split_added(&e, text, len, 0, 1, raw_seg);
+    if (len) split_added(&e, text, len, lit, 0, 1, raw_seg);
     free(e.sy);
     free(e.heap);
     cpbuf_free(&e.cb);
@@ -932,6 +1010,30 @@ int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, in
     *ids = e.ids;
     *n = e.n;
     return 0;
+}
+
+int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, int parse_special,
+                     int32_t **ids, size_t *n)
+{
+    return encode(t, text, len, parse_special, NULL, ids, n);
+}
+
+int tokenizer_encode_literal(const struct tokenizer *t, const char *text, size_t len,
+                             const struct tok_range *literal, size_t n_literal, int32_t **ids,
+                             size_t *n)
+{
+    uint8_t *lit = NULL;
+    *ids = NULL;
+    *n = 0;
+    for (size_t k = 0; k < n_literal; k++) {
+        if (literal[k].off >= len || literal[k].len == 0) continue;
+        if (!lit && !(lit = calloc(len, 1))) return -1;
+        size_t end = literal[k].len > len - literal[k].off ? len : literal[k].off + literal[k].len;
+        memset(lit + literal[k].off, 1, end - literal[k].off);
+    }
+    int rc = encode(t, text, len, 1, lit, ids, n);
+    free(lit);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- decoding */
@@ -1641,6 +1743,7 @@ static int load_model(struct tokenizer *t, const struct ejson *root, char *err, 
         ad->rstrip = (uint8_t)ejson_get_bool(a, "rstrip", 0);
         ad->single_word = (uint8_t)ejson_get_bool(a, "single_word", 0);
         ad->normalized = (uint8_t)ejson_get_bool(a, "normalized", !ad->special);
+        if (ad->special && ad->normalized) t->norm_special = 1;
         struct tok_token *k = &t->tok[id];
         if (!k->present) {
             k->text_off = ad->off;
@@ -1657,7 +1760,7 @@ static int load_model(struct tokenizer *t, const struct ejson *root, char *err, 
         if (!ad->normalized || !t->n_norm) continue;
         char *nc;
         size_t nl;
-        if (normalize(t, t->pool + ad->off, ad->len, &nc, &nl) < 0) FAIL("out of memory");
+        if (normalize(t, t->pool + ad->off, ad->len, 1, &nc, &nl) < 0) FAIL("out of memory");
         if (nc) {
             ad->off = pool_add(t, nc, nl);
             ad->len = (uint32_t)nl;

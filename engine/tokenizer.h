@@ -34,6 +34,22 @@ void tokenizer_free(struct tokenizer *t);
 int tokenizer_encode(const struct tokenizer *t, const char *text, size_t len, int parse_special,
                      int32_t **ids, size_t *n);
 
+/* A byte range of a text: off, len. */
+struct tok_range {
+    size_t off, len;
+};
+
+/* tokenizer_encode with parse_special, except that inside the literal ranges (any order,
+ * clipped to the text) a special token's string is plain text, as without parse_special.
+ * Everything else sees the text whole (normalization, pre-tokenization, merges), so the ids are
+ * those of tokenizer_encode(..., 1) whenever no special token's string lies in a literal range.
+ * Chat prompts mark what the caller wrote (message contents) literal, so that "<|im_end|>" in a
+ * message is text and cannot close its turn. Non-special added tokens match everywhere, as in
+ * HF. Same ownership and return as tokenizer_encode. */
+int tokenizer_encode_literal(const struct tokenizer *t, const char *text, size_t len,
+                             const struct tok_range *literal, size_t n_literal, int32_t **ids,
+                             size_t *n);
+
 /* Decodes ids into a malloc'd NUL-terminated UTF-8 string (*out, caller frees), as HF's
  * decode(ids, skip_special_tokens=False). Out-of-range ids are skipped. 0 ok, -1 no memory. */
 int tokenizer_decode(const struct tokenizer *t, const int32_t *ids, size_t n, char **out,

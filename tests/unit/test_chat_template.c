@@ -151,12 +151,86 @@ static void test_bad_messages(void **state)
     chat_template_release(&ct);
 }
 
+/* chat_template_render marks exactly the messages' contents (as rendered: stripped where the
+ * template trims them) as the caller's text, in order, and nothing of the markup. */
+static void test_literal_ranges(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        struct chat_msg msgs[5];
+        size_t n;
+        const char *want[5];
+    } cases[] = {
+        {"chatml",
+         {{"system", "S1"}, {"user", " U1 "}, {"assistant", "A1"}, {"tool", "T1"}, {"user", "U2"}},
+         5,
+         {"S1", " U1 ", "A1", "T1", "U2"}},
+        {"qwen2.5",
+         {{"system", "S1"}, {"user", " U1 "}, {"assistant", "A1"}, {"tool", "T1"}, {"user", "U2"}},
+         5,
+         {"S1", " U1 ", "A1", "T1", "U2"}},
+        {"llama3",
+         {{"system", "S1"}, {"user", " U1 "}, {"assistant", "A1"}, {"tool", "T1"}, {"user", "U2"}},
+         5,
+         {"S1", "U1", "A1", "T1", "U2"}},
+        {"llama3.1",
+         {{"system", " S1 "},
+          {"user", " U1 "},
+          {"assistant", "A1"},
+          {"tool", " T1"},
+          {"user", "U2"}},
+         5,
+         {"S1", "U1", "A1", " T1", "U2"}},
+        {"llama2",
+         {{"system", "S1"}, {"user", " U1 "}, {"assistant", " A1"}, {"user", "U2"}},
+         4,
+         {"S1", " U1", "A1", "U2"}},
+        {"zephyr",
+         {{"system", "S1"}, {"user", "U1"}, {"assistant", "A1"}, {"tool", "T1"}, {"user", "U2"}},
+         5,
+         {"S1", "U1", "A1", "U2"}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct chat_template ct;
+        char err[256], *s;
+        size_t sl, n_lit;
+        struct tok_range *lit;
+        assert_int_equal(
+            chat_template_init(&ct, NULL, cases[c].name, "<s>", "</s>", err, sizeof err), 0);
+        assert_int_equal(chat_template_render(&ct, cases[c].msgs, cases[c].n, 1, &s, &sl, &lit,
+                                              &n_lit, err, sizeof err),
+                         0);
+        size_t n_want = 0;
+        while (n_want < 5 && cases[c].want[n_want])
+            n_want++;
+        if (n_lit != n_want) fail_msg("%s: %zu ranges, want %zu", cases[c].name, n_lit, n_want);
+        for (size_t k = 0; k < n_lit; k++) {
+            assert_true(lit[k].off + lit[k].len <= sl);
+            if (lit[k].len != strlen(cases[c].want[k]) ||
+                memcmp(s + lit[k].off, cases[c].want[k], lit[k].len) != 0)
+                fail_msg("%s: range %zu is \"%.*s\", want \"%s\"", cases[c].name, k,
+                         (int)lit[k].len, s + lit[k].off, cases[c].want[k]);
+        }
+        /* the same text as chat_template_apply */
+        char *s2;
+        assert_int_equal(
+            chat_template_apply(&ct, cases[c].msgs, cases[c].n, 1, &s2, NULL, err, sizeof err), 0);
+        assert_string_equal(s, s2);
+        free(s2);
+        free(s);
+        free(lit);
+        chat_template_release(&ct);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_against_jinja),
         cmocka_unit_test(test_detection),
         cmocka_unit_test(test_bad_messages),
+        cmocka_unit_test(test_literal_ranges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
