@@ -18,7 +18,8 @@
 /* ---- sequences ------------------------------------------------------------------------------ */
 
 /* A request inside the scheduler. Lifecycle: incoming (submitted, under the lock) -> waiting ->
- * running -> finished (freed), with running -> waiting again on preemption. */
+ * running -> finished (freed), with running -> waiting again on preemption, and running or
+ * waiting -> paused -> the front of waiting on sched_pause. */
 struct seq {
     uint64_t id;
     int32_t *tokens; /* prompt then generated ids; capacity max_seq_len + 1 */
@@ -41,6 +42,7 @@ struct seq {
     char *pend; /* decoded text not yet released: it might begin a stop string */
     size_t pend_len, pend_cap;
     int cancel;
+    int paused; /* in the paused list: its client is not reading (sched_pause) */
     sched_event_cb cb;
     void *ud;
 };
@@ -78,6 +80,11 @@ static void list_remove_at(struct seq_list *l, int i)
     l->n--;
 }
 
+struct pause_op {
+    uint64_t id;
+    int pause; /* 1 pause, 0 resume */
+};
+
 struct sched {
     struct backend *b;
     const struct tokenizer *tok;
@@ -89,6 +96,7 @@ struct sched {
     /* stepping thread only */
     struct seq_list waiting; /* preempted first, then in arrival order */
     struct seq_list running; /* oldest first */
+    struct seq_list paused;  /* out of the batch, KV blocks kept until others need them */
     int32_t *free_blocks;    /* stack of free block ids */
     int n_free;
     struct batch_seq *bseqs; /* (max_seqs) */
@@ -104,6 +112,8 @@ struct sched {
     struct seq_list incoming;
     uint64_t *cancels;
     int n_cancels, cap_cancels;
+    struct pause_op *pauses; /* sched_pause calls, in order */
+    int n_pauses, cap_pauses;
     uint64_t next_id;
     int stopping;
     double pending_tokens; /* work ahead of a new request, in tokens (published each step) */
@@ -354,6 +364,28 @@ void sched_cancel(struct sched *s, uint64_t id)
     pthread_mutex_unlock(&s->mu);
 }
 
+int sched_pause(struct sched *s, uint64_t id, int paused)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    if (s->n_pauses == s->cap_pauses) {
+        int cap = s->cap_pauses ? 2 * s->cap_pauses : 16;
+        struct pause_op *v = realloc(s->pauses, (size_t)cap * sizeof *v);
+        if (v) {
+            s->pauses = v;
+            s->cap_pauses = cap;
+        }
+    }
+    if (s->n_pauses < s->cap_pauses) {
+        s->pauses[s->n_pauses++] = (struct pause_op){id, paused != 0};
+        pthread_cond_signal(&s->cv);
+    } else {
+        rc = -1;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int sched_max_context(const struct sched *s)
 {
     /* A sequence of n tokens has n - 1 of them in the KV cache (the last is never fed back),
@@ -531,11 +563,58 @@ static void preempt(struct sched *s, int i)
     s->preemptions++; /* not stats.preemptions: other threads read stats under mu */
 }
 
-/* Takes what the other threads handed over: new requests and cancellations. */
+/* Frees the KV blocks of the most recently paused sequence that holds some, for a sequence
+ * that is short of them; it is recomputed when resumed. 1 if blocks came back. */
+static int reclaim_paused(struct sched *s)
+{
+    for (int i = s->paused.n - 1; i >= 0; i--) {
+        struct seq *q = s->paused.v[i];
+        if (q->n_blocks == 0) continue;
+        release_blocks(s, q);
+        q->n_computed = 0;
+        s->preemptions++;
+        return 1;
+    }
+    return 0;
+}
+
+static int list_find(const struct seq_list *l, uint64_t id)
+{
+    for (int i = 0; i < l->n; i++)
+        if (l->v[i]->id == id) return i;
+    return -1;
+}
+
+/* Applies one sched_pause call. A paused sequence leaves the batch (or the queue) with its
+ * blocks; a resumed one goes to the front of the queue, as a preempted one does. */
+static void apply_pause(struct sched *s, const struct pause_op *op)
+{
+    if (op->pause) {
+        struct seq_list *from = &s->running;
+        int i = list_find(from, op->id);
+        if (i < 0) i = list_find(from = &s->waiting, op->id);
+        if (i < 0) return; /* finished, or paused already */
+        struct seq *q = from->v[i];
+        if (list_push(&s->paused, q) != 0) return; /* out of memory: it runs on */
+        list_remove_at(from, i);
+        q->paused = 1;
+        q->chunk = 0;
+        return;
+    }
+    int i = list_find(&s->paused, op->id);
+    if (i < 0) return;
+    struct seq *q = s->paused.v[i];
+    list_remove_at(&s->paused, i);
+    q->paused = 0;
+    if (list_push_front(&s->waiting, q) != 0) seq_end(s, q, SCHED_FINISH_ERROR, "out of memory");
+}
+
+/* Takes what the other threads handed over: new requests, pauses and cancellations. */
 static void take_inbox(struct sched *s)
 {
     uint64_t stack_ids[64], *ids = stack_ids;
-    int n_ids;
+    int n_ids, n_pauses;
+    struct pause_op *pauses;
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < s->incoming.n; i++) {
         if (list_push(&s->waiting, s->incoming.v[i]) != 0) {
@@ -548,6 +627,10 @@ static void take_inbox(struct sched *s)
     s->incoming.n = 0;
     s->incoming_tokens = 0;
 cancels:
+    pauses = s->pauses; /* applied after the unlock: apply_pause may emit a finish event */
+    n_pauses = s->n_pauses;
+    s->pauses = NULL;
+    s->n_pauses = s->cap_pauses = 0;
     s->stats.queued = s->waiting.n; /* sched_submit's queue bound counts them from now on */
     n_ids = s->n_cancels;
     if (n_ids > (int)(sizeof stack_ids / sizeof *stack_ids)) {
@@ -560,15 +643,26 @@ cancels:
     s->n_cancels = 0;
     pthread_mutex_unlock(&s->mu);
 
+    if (n_pauses > 0) {
+        for (int i = 0; i < n_pauses; i++)
+            apply_pause(s, &pauses[i]);
+        /* published at once: a request resumed here counts as not paused before it runs */
+        pthread_mutex_lock(&s->mu);
+        s->stats.queued = s->waiting.n;
+        s->stats.paused = s->paused.n;
+        pthread_mutex_unlock(&s->mu);
+    }
+    free(pauses);
+
+    struct seq_list *lists[3] = {&s->waiting, &s->running, &s->paused};
     for (int k = 0; k < n_ids; k++) {
-        struct seq_list *lists[2] = {&s->waiting, &s->running};
-        for (int l = 0; l < 2; l++)
+        for (int l = 0; l < 3; l++)
             for (int i = 0; i < lists[l]->n; i++)
                 if (lists[l]->v[i]->id == ids[k]) lists[l]->v[i]->cancel = 1;
     }
     if (ids != stack_ids) free(ids);
-    for (int l = 0; l < 2; l++) {
-        struct seq_list *L = l ? &s->running : &s->waiting;
+    for (int l = 0; l < 3; l++) {
+        struct seq_list *L = lists[l];
         for (int i = 0; i < L->n;) {
             struct seq *q = L->v[i];
             if (!q->cancel) {
@@ -590,6 +684,7 @@ static int schedule_running(struct sched *s, int i, int *budget, int *preempted)
     if (n > *budget) n = *budget;
     if (n <= 0) return 0;
     while (grow_blocks(s, q, q->n_computed + n) != 0) {
+        if (reclaim_paused(s)) continue; /* their clients wait anyway */
         int victim = s->running.n - 1;
         *preempted = 1;
         if (victim == i) {
@@ -626,6 +721,7 @@ static void publish_stats(struct sched *s, double step_tokens, double dt)
     s->pending_tokens = pending;
     st->queued = s->waiting.n;
     st->running = s->running.n;
+    st->paused = s->paused.n;
     st->kv_blocks_used = s->b->kv.n_blocks - s->n_free;
     st->preemptions = s->preemptions;
     pthread_mutex_unlock(&s->mu);
@@ -660,6 +756,7 @@ int sched_step(struct sched *s)
         int n = q->n_tokens - q->n_computed;
         if (n > budget) n = budget;
         if (grow_blocks(s, q, q->n_computed + n) != 0) {
+            if (reclaim_paused(s)) continue;
             if (s->running.n > 0) break; /* wait for blocks to come back */
             /* Alone with the whole pool and still short: a preempted sequence that outgrew
              * the pool. It cannot continue. */
@@ -751,8 +848,9 @@ static void *sched_main(void *arg)
     struct sched *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stopping && s->incoming.n == 0 && s->n_cancels == 0 && s->running.n == 0 &&
-               s->waiting.n == 0)
+        /* paused sequences are no work: they wait for a sched_pause that resumes them */
+        while (!s->stopping && s->incoming.n == 0 && s->n_cancels == 0 && s->n_pauses == 0 &&
+               s->running.n == 0 && s->waiting.n == 0)
             pthread_cond_wait(&s->cv, &s->mu);
         int stop = s->stopping;
         pthread_mutex_unlock(&s->mu);
@@ -781,8 +879,8 @@ void sched_free(struct sched *s)
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     if (s->started) pthread_join(s->thread, NULL);
-    struct seq_list *lists[3] = {&s->running, &s->waiting, &s->incoming};
-    for (int l = 0; l < 3; l++) {
+    struct seq_list *lists[4] = {&s->running, &s->paused, &s->waiting, &s->incoming};
+    for (int l = 0; l < 4; l++) {
         for (int i = 0; i < lists[l]->n; i++)
             seq_end(s, lists[l]->v[i], SCHED_FINISH_CANCELLED, NULL);
         free(lists[l]->v);
@@ -790,6 +888,7 @@ void sched_free(struct sched *s)
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s->cancels);
+    free(s->pauses);
     free(s->piece);
     free(s->free_blocks);
     free(s->bseqs);

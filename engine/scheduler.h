@@ -2,14 +2,14 @@
  * at every step; each step carries at most max_batch_tokens tokens, shared between one decode
  * token per running sequence and prefill chunks of newer ones, so a long prompt never stalls
  * other streams. The KV pool's fixed-size blocks are handed out from a free list into
- * per-sequence block tables; when they run out the newest sequence is preempted (its blocks
- * freed, recomputed later from its tokens: outputs do not change). Generated ids are sampled
- * (engine/sampler.h), detokenized into UTF-8-safe pieces, checked against stop ids, stop
- * strings (never emitted, and text that could start one is held back) and max_tokens, and
- * reported through a per-request callback.
+ * per-sequence block tables; when they run out a paused sequence, else the newest one, is
+ * preempted (its blocks freed, recomputed later from its tokens: outputs do not change).
+ * Generated ids are sampled (engine/sampler.h), detokenized into UTF-8-safe pieces, checked
+ * against stop ids, stop strings (never emitted, and text that could start one is held back)
+ * and max_tokens, and reported through a per-request callback.
  *
- * Threads: sched_submit, sched_cancel and sched_get_stats may be called from any thread.
- * The steps run on the scheduler's own thread (sched_start), or on the caller's through
+ * Threads: sched_submit, sched_cancel, sched_pause and sched_get_stats may be called from any
+ * thread. The steps run on the scheduler's own thread (sched_start), or on the caller's through
  * sched_step when no thread was started (tests). Callbacks run on the stepping thread and must
  * not call back into the scheduler except sched_cancel. Engine core: pthreads only. */
 #ifndef LLMGATE_ENGINE_SCHEDULER_H
@@ -81,6 +81,7 @@ struct sched_params {
 struct sched_stats {
     int queued;  /* accepted, waiting to start (including preempted ones) */
     int running; /* in the running batch */
+    int paused;  /* paused by sched_pause */
     int kv_blocks_used;
     int kv_blocks_total;
     double tokens_per_s;      /* EWMA of tokens computed per second of forward time */
@@ -114,6 +115,15 @@ int sched_submit(struct sched *s, const struct sched_request *req, uint64_t *id,
 /* Asks for request id to be cancelled; it finishes with SCHED_FINISH_CANCELLED at the next step
  * (its blocks freed) unless it finished already. Unknown ids are ignored. Any thread. */
 void sched_cancel(struct sched *s, uint64_t id);
+
+/* Pauses (paused 1) or resumes (0) request id from the next step on, for a client that reads
+ * its stream slower than it is generated. A paused request is left out of every step (it
+ * generates nothing, and its client gets no events) and keeps its KV blocks until another
+ * sequence is short of them (then it is recomputed from its tokens on resuming: outputs do not
+ * change); resumed, it goes to the front of the queue. Unknown or finished ids are ignored;
+ * sched_cancel works on a paused request. 0, or -1 out of memory (nothing changes). Any
+ * thread. */
+int sched_pause(struct sched *s, uint64_t id, int paused);
 
 /* Runs one step on the calling thread (only when sched_start was not called). Returns 1 if it
  * did work, 0 when there was nothing to do, -1 on a backend failure (the requests in that step

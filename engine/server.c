@@ -28,12 +28,17 @@ struct options {
     int threads, kv_blocks, block_size, max_batch_tokens, max_seqs, max_wait_ms;
     int read_timeout_ms, max_queue;
     long max_body_bytes;
+    long max_stream_buffer;
 };
 
 /* Requests waiting to start at most, by default: with --max-seqs' default of 64 running, four
  * batches' worth; beyond it a client is better served by a 429 it can retry elsewhere than by a
  * wait of minutes (each waiting request also holds a context-sized token buffer). */
 #define DEFAULT_MAX_QUEUE 256
+
+/* Unsent bytes of one stream before its generation pauses: some thousands of tokens' events,
+ * so a client that reads at all keeps up, and no client holds much more memory than this. */
+#define DEFAULT_MAX_STREAM_BUFFER (1L << 20)
 
 static void usage(FILE *out)
 {
@@ -61,6 +66,8 @@ static void usage(FILE *out)
             "  --max-queue N            refuse requests (429 engine_overloaded) while N wait to\n"
             "                           start (default 256, 0 = no bound)\n"
             "  --max-body-bytes N       request body limit (default 8 MiB)\n"
+            "  --max-stream-buffer N    pause a stream's generation while more than N bytes of\n"
+            "                           it wait to be sent to a slow client (default 1 MiB)\n"
             "  --read-timeout-ms N      close a connection that sends nothing for N ms while a\n"
             "                           request is due (default 120000)\n"
             "  --log-level LEVEL        debug, info, warn, error\n");
@@ -143,6 +150,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"max-wait-ms", required_argument, NULL, 'w'},
         {"max-queue", required_argument, NULL, 'q'},
         {"max-body-bytes", required_argument, NULL, 'M'},
+        {"max-stream-buffer", required_argument, NULL, 'O'},
         {"read-timeout-ms", required_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
@@ -152,6 +160,7 @@ static int parse_options(int argc, char **argv, struct options *o)
                           .device = "auto",
                           .port = -1,
                           .max_body_bytes = 8L << 20,
+                          .max_stream_buffer = DEFAULT_MAX_STREAM_BUFFER,
                           .max_queue = DEFAULT_MAX_QUEUE};
     int ch;
     long v;
@@ -205,6 +214,10 @@ static int parse_options(int argc, char **argv, struct options *o)
         case 'M':
             if (parse_int(optarg, "max-body-bytes", 1024, 1L << 30, &v)) return -1;
             o->max_body_bytes = v;
+            break;
+        case 'O':
+            if (parse_int(optarg, "max-stream-buffer", 1024, 1L << 30, &v)) return -1;
+            o->max_stream_buffer = v;
             break;
         case 'r':
             if (parse_int(optarg, "read-timeout-ms", 1, 24 * 3600 * 1000, &v)) return -1;
@@ -285,6 +298,7 @@ int main(int argc, char **argv)
     int rc = 1, listen_fd = -1, tcp_fd = -1;
     struct engine_server srv = {.wake_fd = -1,
                                 .max_body_bytes = (size_t)o.max_body_bytes,
+                                .max_stream_buffer = (size_t)o.max_stream_buffer,
                                 .read_timeout_ms = o.read_timeout_ms};
     struct event *sigs[2] = {NULL, NULL};
     srv.model_name =

@@ -31,7 +31,8 @@ struct engine_server {
     struct sched *sched;
     const char *model_name; /* served name */
     size_t max_body_bytes;
-    int read_timeout_ms; /* idle keep-alive and slow request bound; 0: READ_TIMEOUT_S */
+    size_t max_stream_buffer; /* unsent bytes of a stream above which its sequence is paused */
+    int read_timeout_ms;      /* idle keep-alive and slow request bound; 0: READ_TIMEOUT_S */
 
     /* main thread */
     struct event_base *base;
@@ -46,6 +47,7 @@ struct engine_server {
     int active; /* requests waiting on the scheduler */
     uint64_t status_count[SRV_STATUS_SLOTS];
     uint64_t prompt_tokens_total, completion_tokens_total;
+    uint64_t stream_pauses_total;
 
     /* scheduler thread -> main thread */
     int wake_fd;

@@ -63,6 +63,8 @@ struct gen_req {
     struct evbuffer *text; /* non-streamed: the whole completion */
     struct srv_msg *fin;   /* spare finish message, in case allocation fails at the end */
     int lost;              /* a piece of output could not be queued (out of memory) */
+    int paused;            /* sched_pause'd until the connection's output drains */
+    int pauses;            /* times this stream was paused */
 };
 
 /* One scheduler event, copied for the main thread. */
@@ -441,6 +443,74 @@ static void start_stream(struct gen_req *r)
     evbuffer_free(b);
 }
 
+/* ---- backpressure on streams ----------------------------------------------------------------- */
+
+/* A client that reads its stream slower than the engine generates it (or not at all) would have
+ * evhttp buffer the output without bound. Above max_stream_buffer unsent bytes the sequence is
+ * paused in the scheduler (no decode steps, its KV blocks kept until another sequence needs
+ * them) and resumed when the connection's output has been written out. A client that reads
+ * nothing at all is closed by the write timeout (WRITE_TIMEOUT_S), which cancels it. */
+
+/* Bytes of r's connection's output not yet written to the socket. */
+static size_t stream_unsent(const struct gen_req *r)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    if (!evcon) return 0;
+    return evbuffer_get_length(bufferevent_get_output(evhttp_connection_get_bufferevent(evcon)));
+}
+
+/* evhttp: the connection's output has been written out. Registered with every chunk sent while
+ * the stream is paused, since evhttp keeps one such callback per connection and each chunk
+ * replaces it; the reply's end replaces it with evhttp's own, so it never outlives the stream.
+ * arg is the srv_conn, which lives as long as the connection. */
+static void on_stream_drained(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    struct srv_conn *c = arg;
+    struct gen_req *r = c->active;
+    if (!r || !r->paused) return;
+    if (sched_pause(r->srv->sched, r->sched_id, 0) != 0) {
+        log_warn("engine", "stream %s: out of memory resuming it; cancelled", r->id);
+        gen_client_gone(r, GONE_PEER_CLOSED);
+        return;
+    }
+    r->paused = 0;
+}
+
+/* Pauses r's sequence; its chunks are then sent with on_stream_drained. Without a srv_conn to
+ * find it by when the output drains, the stream is ended instead. */
+static void pause_stream(struct gen_req *r, size_t unsent)
+{
+    if (!r->conn) {
+        log_warn("engine", "stream %s: %zu bytes unsent and no way to resume it; cancelled", r->id,
+                 unsent);
+        gen_client_gone(r, GONE_PEER_CLOSED);
+        return;
+    }
+    if (sched_pause(r->srv->sched, r->sched_id, 1) != 0) return; /* out of memory: next chunk */
+    r->paused = 1;
+    r->srv->stream_pauses_total++;
+    if (r->pauses++ == 0)
+        log_info("engine",
+                 "stream %s: client reads slower than the output (%zu bytes unsent, limit %zu); "
+                 "generation paused until it catches up",
+                 r->id, unsent, r->srv->max_stream_buffer);
+}
+
+/* Sends one chunk of r's stream, pausing the sequence when the client falls too far behind. */
+static void send_stream_chunk(struct gen_req *r, struct evbuffer *b, int last)
+{
+    size_t unsent = stream_unsent(r) + evbuffer_get_length(b);
+    if (!last && !r->paused && unsent > r->srv->max_stream_buffer) {
+        pause_stream(r, unsent);
+        if (!r->req) return; /* ended instead */
+    }
+    if (r->paused && !last)
+        evhttp_send_reply_chunk_with_cb(r->req, b, on_stream_drained, r->conn);
+    else
+        evhttp_send_reply_chunk(r->req, b);
+}
+
 /* A generation that ended without output to show: cancelled at shutdown, or failed. */
 static void fail_generation(struct gen_req *r, const struct srv_msg *m)
 {
@@ -524,8 +594,9 @@ static void deliver(struct engine_server *srv, struct srv_msg *m)
             }
             evbuffer_add(b, "data: [DONE]\n\n", 14);
         }
-        if (evbuffer_get_length(b)) evhttp_send_reply_chunk(r->req, b);
+        if (evbuffer_get_length(b)) send_stream_chunk(r, b, m->finished);
         evbuffer_free(b);
+        if (!r->req) return; /* cancelled for good (send_stream_chunk): the finish event frees r */
     }
     if (m->finished) {
         end_stream(r);
@@ -902,6 +973,11 @@ static void handle_metrics(struct engine_server *srv, struct evhttp_request *req
         "# TYPE llmgate_engine_queue_depth gauge\nllmgate_engine_queue_depth %d\n"
         "# HELP llmgate_engine_running Sequences in the running batch.\n"
         "# TYPE llmgate_engine_running gauge\nllmgate_engine_running %d\n"
+        "# HELP llmgate_engine_paused_streams Streams paused until their client reads.\n"
+        "# TYPE llmgate_engine_paused_streams gauge\nllmgate_engine_paused_streams %d\n"
+        "# HELP llmgate_engine_stream_pauses_total Times a stream was paused for a slow client.\n"
+        "# TYPE llmgate_engine_stream_pauses_total counter\n"
+        "llmgate_engine_stream_pauses_total %llu\n"
         "# HELP llmgate_engine_kv_blocks_used KV cache blocks held by sequences.\n"
         "# TYPE llmgate_engine_kv_blocks_used gauge\nllmgate_engine_kv_blocks_used %d\n"
         "# HELP llmgate_engine_kv_blocks_total KV cache blocks in the pool.\n"
@@ -924,10 +1000,10 @@ static void handle_metrics(struct engine_server *srv, struct evhttp_request *req
         "llmgate_engine_generation_tokens_total %llu\n"
         "# HELP llmgate_engine_requests_total HTTP requests by status.\n"
         "# TYPE llmgate_engine_requests_total counter\n",
-        st.queued, st.running, st.kv_blocks_used, st.kv_blocks_total, st.tokens_per_s,
-        st.predicted_wait_ms / 1000.0, (unsigned long long)st.steps,
-        (unsigned long long)st.preemptions, (unsigned long long)srv->prompt_tokens_total,
-        (unsigned long long)st.tokens_generated);
+        st.queued, st.running, st.paused, (unsigned long long)srv->stream_pauses_total,
+        st.kv_blocks_used, st.kv_blocks_total, st.tokens_per_s, st.predicted_wait_ms / 1000.0,
+        (unsigned long long)st.steps, (unsigned long long)st.preemptions,
+        (unsigned long long)srv->prompt_tokens_total, (unsigned long long)st.tokens_generated);
     for (int i = 0; i < SRV_STATUS_SLOTS; i++) {
         if (status_slots[i] == 0 && i > 0 && status_slots[i - 1] == 0) break;
         if (status_slots[i])

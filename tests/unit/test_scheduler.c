@@ -1,6 +1,7 @@
 /* Tests for the scheduler on a tiny random model made with mkmodel: batched runs give the tokens
- * of solo runs, chunked prefill and preemption change nothing, cancellation frees blocks, stop
- * strings are never emitted, seeds reproduce, and an overloaded engine refuses work. */
+ * of solo runs, chunked prefill and preemption change nothing, cancellation frees blocks, paused
+ * sequences get no steps and resume unchanged, stop strings are never emitted, seeds reproduce,
+ * and an overloaded engine refuses work. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -649,6 +650,140 @@ static void test_invalid(void **state)
     backend_free(e.b);
 }
 
+/* sched_pause: a paused sequence gets no steps while others go on, keeps its blocks, and
+ * resumed it finishes with the tokens of an unpaused run; when the pool is short a paused
+ * sequence gives its blocks up first and is recomputed; a paused one can be cancelled; the
+ * scheduler thread wakes for a resume. */
+static void test_pause(void **state)
+{
+    (void)state;
+    static int32_t pa[30], pb[40];
+    make_prompt(pa, 30, 3);
+    make_prompt(pb, 40, 4);
+    struct sched_request ra, rb;
+    static struct out ref[2], a, b, c;
+    greedy_req(&ra, pa, 30, 40, NULL);
+    greedy_req(&rb, pb, 40, 25, NULL);
+    struct sched_request both[2] = {ra, rb};
+    run_alone(both, ref, 2);
+
+    struct env e;
+    env_open(&e, 4, 64, 64, 0);
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    ra.ud = &a;
+    rb.ud = &b;
+    uint64_t ida = submit_ok(e.s, &ra);
+    submit_ok(e.s, &rb);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(sched_step(e.s), 1);
+    int a_tokens = a.n_tokens, b_tokens = b.n_tokens;
+    assert_true(a_tokens > 0);
+    assert_int_equal(sched_pause(e.s, ida, 1), 0);
+    assert_int_equal(sched_pause(e.s, 999999, 1), 0); /* unknown: ignored */
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(sched_step(e.s), 1);
+    assert_int_equal(a.n_tokens, a_tokens);
+    assert_true(b.n_tokens > b_tokens);
+    struct sched_stats st;
+    sched_get_stats(e.s, &st);
+    assert_int_equal(st.paused, 1);
+    assert_int_equal(st.running, 1);
+    assert_true(st.kv_blocks_used >= (30 + a_tokens + 3) / 4 + (40 + b.n_tokens + 3) / 4 - 1);
+    assert_int_equal(sched_pause(e.s, ida, 1), 0);  /* paused twice: still one pause */
+    assert_int_equal(sched_run_until_idle(e.s), 0); /* only the paused one is left: idle */
+    assert_true(b.finished);
+    assert_false(a.finished);
+    assert_int_equal(a.n_tokens, a_tokens);
+    assert_int_equal(sched_pause(e.s, ida, 0), 0);
+    assert_int_equal(sched_run_until_idle(e.s), 0);
+    assert_true(a.finished);
+    assert_same(&a, &ref[0]);
+    assert_same(&b, &ref[1]);
+    sched_get_stats(e.s, &st);
+    assert_int_equal(st.paused, 0);
+    assert_int_equal(st.preemptions, 0);
+
+    /* cancelled while paused: finished, blocks back (env_close checks) */
+    memset(&c, 0, sizeof c);
+    ra.ud = &c;
+    uint64_t idc = submit_ok(e.s, &ra);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sched_step(e.s), 1);
+    assert_int_equal(sched_pause(e.s, idc, 1), 0);
+    assert_int_equal(sched_step(e.s), 0);
+    sched_cancel(e.s, idc);
+    assert_int_equal(sched_step(e.s), 0);
+    assert_true(c.finished);
+    assert_int_equal(c.reason, SCHED_FINISH_CANCELLED);
+    env_close(&e);
+
+    /* a tight pool: 20 blocks of 4 hold a (70 positions) or b (65), not both */
+    env_open(&e, 4, 20, 64, 0);
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    ra.ud = &a;
+    ida = submit_ok(e.s, &ra);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(sched_step(e.s), 1);
+    assert_int_equal(sched_pause(e.s, ida, 1), 0);
+    submit_ok(e.s, &rb);
+    assert_int_equal(sched_run_until_idle(e.s), 0);
+    assert_true(b.finished && !a.finished);
+    sched_get_stats(e.s, &st);
+    assert_true(st.preemptions > 0); /* a's blocks went to b */
+    assert_int_equal(st.kv_blocks_used, 0);
+    assert_int_equal(sched_pause(e.s, ida, 0), 0);
+    assert_int_equal(sched_run_until_idle(e.s), 0);
+    assert_same(&a, &ref[0]); /* recomputed: the same tokens */
+    assert_same(&b, &ref[1]);
+    env_close(&e);
+
+    /* on the scheduler thread: it sleeps while everything is paused and wakes for the resume */
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    env_open(&e, 16, 64, 64, 0);
+    char err[256];
+    assert_int_equal(sched_start(e.s, err, sizeof err), 0);
+    memset(&a, 0, sizeof a);
+    a.mu = &mu;
+    a.cv = &cv;
+    a.hold_after_first = 1;
+    ra.ud = &a;
+    ida = submit_ok(e.s, &ra);
+    pthread_mutex_lock(&mu);
+    while (a.n_tokens < 1)
+        pthread_cond_wait(&cv, &mu);
+    assert_int_equal(sched_pause(e.s, ida, 1), 0); /* the scheduler thread is parked in on_event */
+    a.released = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    for (int i = 0; i < 10000; i++) { /* the pause is applied at the next step */
+        sched_get_stats(e.s, &st);
+        if (st.paused == 1) break;
+        usleep(1000);
+    }
+    assert_int_equal(st.paused, 1);
+    pthread_mutex_lock(&mu);
+    a_tokens = a.n_tokens;
+    pthread_mutex_unlock(&mu);
+    assert_int_equal(a_tokens, 1); /* the pause was queued before the next step */
+    assert_int_equal(sched_pause(e.s, ida, 0), 0);
+    pthread_mutex_lock(&mu);
+    while (!a.finished)
+        pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    a.mu = NULL;
+    a.cv = NULL;
+    assert_same(&a, &ref[0]);
+    for (int i = 0; i < 10000; i++) {
+        sched_get_stats(e.s, &st);
+        if (st.kv_blocks_used == 0) break;
+        usleep(1000);
+    }
+    env_close(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -657,6 +792,7 @@ int main(void)
         cmocka_unit_test(test_preemption),
         cmocka_unit_test(test_stats_while_stepping),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_pause),
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_seeds),
         cmocka_unit_test(test_overload),
