@@ -74,58 +74,64 @@ class FakeUpstream:
 
     def _serve(self, conn):
         with conn:
-            f = conn.makefile("rb")
-            line = f.readline()
-            headers = {}
-            while (h := f.readline()) not in (b"\r\n", b""):
-                k, v = h.decode().split(":", 1)
-                headers[k.strip().lower()] = v.strip()
-            body = f.read(int(headers.get("content-length", "0")))
-            if not line.startswith(b"POST"):  # health probes
-                out = b'{"object":"list","data":[]}'
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(out) + out)
-                return
-            script = json.loads(body)["model"]
-            if script == "junk-body":
-                out = json.dumps(COMPLETION).encode() + b"junk"
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(out) + out)
-                return
-            if script in ANTHROPIC_ERRORS:  # a Messages stream whose first event is an error
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                             b"Retry-After: 7\r\nConnection: close\r\n"
-                             b"Transfer-Encoding: chunked\r\n\r\n")
-                err = {"type": "error", "error": {"type": ANTHROPIC_ERRORS[script], "message": "x"}}
-                conn.sendall(_chunk(b"event: error\n" + _event(err)) + b"0\r\n\r\n")
-                return
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+            try:
+                self._answer(conn)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the gateway hung up once it had what it needed (a malformed event)
+
+    def _answer(self, conn):
+        f = conn.makefile("rb")
+        line = f.readline()
+        headers = {}
+        while (h := f.readline()) not in (b"\r\n", b""):
+            k, v = h.decode().split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        body = f.read(int(headers.get("content-length", "0")))
+        if not line.startswith(b"POST"):  # health probes
+            out = b'{"object":"list","data":[]}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(out) + out)
+            return
+        script = json.loads(body)["model"]
+        if script == "junk-body":
+            out = json.dumps(COMPLETION).encode() + b"junk"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(out) + out)
+            return
+        if script in ANTHROPIC_ERRORS:  # a Messages stream whose first event is an error
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Retry-After: 7\r\nConnection: close\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n")
-            conn.sendall(_chunk(_event(_delta(role="assistant", content=""))) +
-                         _chunk(_event(_delta(content="hello"))) +
-                         _chunk(_event(_delta(finish="stop"))))
-            if script == "no-text":  # reasoning and a tool call after the content
-                call = {"index": 0, "id": "call_1", "type": "function",
-                        "function": {"name": "f", "arguments": ""}}
-                out = [{"reasoning_content": "think"}, {"reasoning_content": "more"},
-                       {"tool_calls": [call]}]
-                out += [{"tool_calls": [{"index": 0, "function": {"arguments": a}}]}
-                        for a in ('{"a"', ':', '1}')]
-                for d in out:
-                    ev = _delta()
-                    ev["choices"][0]["delta"] = d
-                    conn.sendall(_chunk(_event(ev)))
-            if script == "junk-usage":
-                usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
-                         "model": "fake", "choices": [],
-                         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-                conn.sendall(_chunk(("data: " + json.dumps(usage) + "junk\n\n").encode()))
-            conn.sendall(_chunk(_event("[DONE]")))
-            if script == "done-late":
-                # the client has read [DONE]: the gateway has nothing left to write
-                # when the upstream's end reaches it
-                self.release.wait(WAIT_S)
-            conn.sendall(b"0\r\n\r\n")
+            err = {"type": "error", "error": {"type": ANTHROPIC_ERRORS[script], "message": "x"}}
+            conn.sendall(_chunk(b"event: error\n" + _event(err)) + b"0\r\n\r\n")
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        conn.sendall(_chunk(_event(_delta(role="assistant", content=""))) +
+                     _chunk(_event(_delta(content="hello"))) +
+                     _chunk(_event(_delta(finish="stop"))))
+        if script == "no-text":  # reasoning and a tool call after the content
+            call = {"index": 0, "id": "call_1", "type": "function",
+                    "function": {"name": "f", "arguments": ""}}
+            out = [{"reasoning_content": "think"}, {"reasoning_content": "more"},
+                   {"tool_calls": [call]}]
+            out += [{"tool_calls": [{"index": 0, "function": {"arguments": a}}]}
+                    for a in ('{"a"', ':', '1}')]
+            for d in out:
+                ev = _delta()
+                ev["choices"][0]["delta"] = d
+                conn.sendall(_chunk(_event(ev)))
+        if script == "junk-usage":
+            usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                     "model": "fake", "choices": [],
+                     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+            conn.sendall(_chunk(("data: " + json.dumps(usage) + "junk\n\n").encode()))
+        conn.sendall(_chunk(_event("[DONE]")))
+        if script == "done-late":
+            # the client has read [DONE]: the gateway has nothing left to write
+            # when the upstream's end reaches it
+            self.release.wait(WAIT_S)
+        conn.sendall(b"0\r\n\r\n")
 
 
 FAKE_MODELS = {name: {"provider": "fake", "model": name}
